@@ -1,0 +1,71 @@
+"""`sam_model_registry`: model bundles (module + params + config) by model type."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import ml_collections
+
+from sam_jax import checkpoint as ckpt
+from sam_jax.model_configs import build_sam, model_config
+from sam_jax.modeling.sam import Sam
+
+
+@dataclasses.dataclass
+class SamModel:
+    """A SAM model ready to run: the Flax module, its parameters and its config."""
+
+    module: Sam
+    params: dict
+    config: ml_collections.ConfigDict
+
+    @property
+    def image_size(self) -> int:
+        return self.module.image_size
+
+    @property
+    def model_type(self) -> str:
+        return self.config.model_type
+
+
+def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> SamModel:
+    """Build a model of `model_type`.
+
+    checkpoint: None (random init seeded by `seed`), a PyTorch `.pth` state dict, or a
+    directory written by `python -m sam_jax.convert`. `overrides` change model config keys
+    that do not affect the parameters (e.g. dtype="bfloat16", attention_impl="cudnn").
+    """
+    if checkpoint is not None and ckpt.is_converted_checkpoint(checkpoint):
+        config, params = ckpt.load_converted(checkpoint)
+        if config.model_type != model_type:
+            raise ckpt.CheckpointError(
+                f"{checkpoint} holds a {config.model_type!r} model, not {model_type!r}"
+            )
+    else:
+        config = model_config(model_type)
+        if checkpoint is None:
+            params = ckpt.init_params(config, seed)
+        elif Path(checkpoint).is_dir():
+            raise ckpt.CheckpointError(
+                f"{checkpoint} is a directory but not a converted checkpoint "
+                f"(expected {ckpt.CONFIG_FILE} and {ckpt.PARAMS_DIR}/ inside)"
+            )
+        else:
+            state_dict = ckpt.load_torch_state_dict(checkpoint)
+            params = ckpt.convert_state_dict(state_dict, config)
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}")
+    config.update(overrides)
+    return SamModel(build_sam(config), params, config)
+
+
+sam_model_registry = {
+    "default": functools.partial(load_sam, "vit_h"),
+    "vit_h": functools.partial(load_sam, "vit_h"),
+    "vit_l": functools.partial(load_sam, "vit_l"),
+    "vit_b": functools.partial(load_sam, "vit_b"),
+    "tiny": functools.partial(load_sam, "tiny"),
+}

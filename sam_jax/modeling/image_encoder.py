@@ -1,0 +1,213 @@
+"""ViT image encoder of SAM (ViTDet-style windowed + global attention, decomposed
+relative positions, convolutional neck). Channel-last: images (B, H, W, 3) ->
+embeddings (B, H/16, W/16, out_chans)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention
+from sam_jax.modeling.common import Dtype, MLPBlock, layer_norm_2d
+
+
+def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
+    """Relative-position embeddings (q_size, k_size, C) for query/key extents.
+
+    The table is linearly resized when its length differs from 2*max(q,k)-1, as
+    `F.interpolate(mode="linear")` does in the reference.
+    """
+    max_rel_dist = int(2 * max(q_size, k_size) - 1)
+    if rel_pos.shape[0] != max_rel_dist:
+        rel_pos = jax.image.resize(
+            rel_pos, (max_rel_dist, rel_pos.shape[1]), method="linear", antialias=False
+        )
+    q_coords = np.arange(q_size)[:, None] * max(k_size / q_size, 1.0)
+    k_coords = np.arange(k_size)[None, :] * max(q_size / k_size, 1.0)
+    relative = (q_coords - k_coords) + (k_size - 1) * max(q_size / k_size, 1.0)
+    return rel_pos[relative.astype(np.int64)]
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection (Conv with kernel = stride = patch size)."""
+
+    patch_size: int
+    embed_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        p = self.patch_size
+        return nn.Conv(
+            self.embed_dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="proj"
+        )(x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over an (H, W) grid with optional decomposed rel-pos."""
+
+    num_heads: int
+    qkv_bias: bool = True
+    use_rel_pos: bool = False
+    input_size: tuple[int, int] | None = None
+    dtype: Dtype = jnp.float32
+    attention_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, h, w, dim = x.shape
+        head_dim = dim // self.num_heads
+        scale = head_dim**-0.5
+        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
+        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.use_rel_pos:
+            if self.input_size is None:
+                raise ValueError("input_size is required when use_rel_pos=True")
+            rel_pos_h = self.param(
+                "rel_pos_h", nn.initializers.zeros, (2 * self.input_size[0] - 1, head_dim)
+            )
+            rel_pos_w = self.param(
+                "rel_pos_w", nn.initializers.zeros, (2 * self.input_size[1] - 1, head_dim)
+            )
+            table_h = get_rel_pos(h, h, rel_pos_h).astype(self.dtype)  # (H, H, D)
+            table_w = get_rel_pos(w, w, rel_pos_w).astype(self.dtype)  # (W, W, D)
+            grid_q = q.reshape(b, h, w, self.num_heads, head_dim)
+            rel_h = jnp.einsum("byxnc,ykc->byxnk", grid_q, table_h)
+            rel_w = jnp.einsum("byxnc,xkc->byxnk", grid_q, table_w)
+            out = rel_pos_attention(
+                q,
+                k,
+                v,
+                rel_h.reshape(b, h * w, self.num_heads, h),
+                rel_w.reshape(b, h * w, self.num_heads, w),
+                scale=scale,
+                implementation=self.attention_impl,
+            )
+        else:
+            out = dot_product_attention(q, k, v, scale=scale, implementation=self.attention_impl)
+        out = out.reshape(b, h, w, dim)
+        return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
+
+
+def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
+    """(B, H, W, C) -> (B * nW, ws, ws, C), zero-padding H and W up to multiples of ws."""
+    b, h, w, c = x.shape
+    pad_h = (window_size - h % window_size) % window_size
+    pad_w = (window_size - w % window_size) % window_size
+    if pad_h or pad_w:
+        x = jnp.pad(x, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(-1, window_size, window_size, c)
+    return x, (hp, wp)
+
+
+def window_unpartition(
+    windows: jax.Array, window_size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> jax.Array:
+    """Inverse of `window_partition`, dropping the padding."""
+    hp, wp = padded_hw
+    h, w = hw
+    c = windows.shape[-1]
+    b = windows.shape[0] // ((hp // window_size) * (wp // window_size))
+    x = windows.reshape(b, hp // window_size, wp // window_size, window_size, window_size, c)
+    x = jnp.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(b, hp, wp, c)
+    return x[:, :h, :w, :]
+
+
+class Block(nn.Module):
+    """Transformer block: (windowed or global) attention then MLP, both pre-norm residual."""
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    use_rel_pos: bool = False
+    window_size: int = 0
+    input_size: tuple[int, int] | None = None
+    dtype: Dtype = jnp.float32
+    attention_impl: str = "xla"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        shortcut = x
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
+        h, w = x.shape[1], x.shape[2]
+        if self.window_size > 0:
+            x, padded_hw = window_partition(x, self.window_size)
+        attn_size = (
+            self.input_size if self.window_size == 0 else (self.window_size, self.window_size)
+        )
+        x = Attention(
+            self.num_heads,
+            qkv_bias=self.qkv_bias,
+            use_rel_pos=self.use_rel_pos,
+            input_size=attn_size,
+            dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            name="attn",
+        )(x)
+        if self.window_size > 0:
+            x = window_unpartition(x, self.window_size, padded_hw, (h, w))
+        x = shortcut + x
+        y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
+        return x + MLPBlock(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+
+
+class ImageEncoderViT(nn.Module):
+    """Images (B, img_size, img_size, 3), already normalized and padded -> (B, h, w, out_chans)."""
+
+    img_size: int = 1024
+    patch_size: int = 16
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    out_chans: int = 256
+    qkv_bias: bool = True
+    use_abs_pos: bool = True
+    use_rel_pos: bool = True
+    window_size: int = 14
+    global_attn_indexes: Sequence[int] = ()
+    dtype: Dtype = jnp.float32
+    attention_impl: str = "xla"
+    remat: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype, name="patch_embed")(x)
+        grid = self.img_size // self.patch_size
+        if self.use_abs_pos:
+            pos_embed = self.param(
+                "pos_embed", nn.initializers.zeros, (1, grid, grid, self.embed_dim)
+            )
+            x = x + pos_embed.astype(x.dtype)
+        block_cls = nn.remat(Block) if self.remat else Block
+        for i in range(self.depth):
+            x = block_cls(
+                self.num_heads,
+                mlp_ratio=self.mlp_ratio,
+                qkv_bias=self.qkv_bias,
+                use_rel_pos=self.use_rel_pos,
+                window_size=0 if i in self.global_attn_indexes else self.window_size,
+                input_size=(grid, grid),
+                dtype=self.dtype,
+                attention_impl=self.attention_impl,
+                name=f"blocks_{i}",
+            )(x)
+        x = nn.Conv(self.out_chans, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
+        x = layer_norm_2d("neck_1", self.dtype)(x)
+        x = nn.Conv(
+            self.out_chans,
+            (3, 3),
+            padding=((1, 1), (1, 1)),
+            use_bias=False,
+            dtype=self.dtype,
+            name="neck_2",
+        )(x)
+        return layer_norm_2d("neck_3", self.dtype)(x)

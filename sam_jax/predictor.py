@@ -1,0 +1,355 @@
+"""`SamPredictor`: embed an image once, then decode any number of prompts against it.
+
+Same arguments, shapes and return values as the reference predictor. Prompts are padded
+to fixed shape buckets (prompt count and points per prompt rounded up to powers of two;
+padding tokens are masked out of attention), so a new number of points reuses a compiled
+function instead of recompiling.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import numpy as np
+
+from sam_jax.build import SamModel
+from sam_jax.modeling.sam import Sam, postprocess_masks, postprocess_matrices
+from sam_jax.transforms import ResizeLongestSide
+
+VALID_LABELS = (-1, 0, 1)
+
+
+def _bucket(n: int) -> int:
+    """Smallest power of two >= n (n >= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def as_uint8_rgb(image, name: str = "image") -> np.ndarray:
+    """Check an H x W x 3 image and return it as uint8, or raise ValueError naming why.
+
+    Accepted: uint8; integer arrays with values in 0..255; float arrays with values in
+    [0, 1] (scaled by 255 and rounded). Anything else is rejected rather than guessed at.
+    """
+    try:
+        arr = np.asarray(image)
+    except Exception as e:
+        raise ValueError(f"{name} cannot be read as an array: {e}") from e
+    if arr.dtype == object:
+        raise ValueError(f"{name} is not a numeric array (dtype object)")
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        hint = ""
+        if arr.ndim == 2:
+            hint = " (a grayscale image: stack it to 3 channels)"
+        elif arr.ndim == 3 and arr.shape[2] == 4:
+            hint = " (RGBA: drop the alpha channel)"
+        elif arr.ndim == 3 and arr.shape[0] == 3:
+            hint = " (channels first: transpose to H x W x 3)"
+        raise ValueError(f"{name} must be H x W x 3, got shape {arr.shape}{hint}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        raise ValueError(f"{name} has dtype bool; expected uint8 RGB")
+    if np.issubdtype(arr.dtype, np.integer):
+        lo, hi = arr.min(), arr.max()
+        if lo < 0 or hi > 255:
+            raise ValueError(
+                f"{name} has dtype {arr.dtype} with values in [{lo}, {hi}]; expected 0..255"
+            )
+        return arr.astype(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(
+                f"{name} is a float image with values in [{lo:g}, {hi:g}]; float images must "
+                "be in [0, 1] (for 0..255 values pass image.astype(np.uint8))"
+            )
+        return np.round(arr * 255.0).astype(np.uint8)
+    raise ValueError(f"{name} has unsupported dtype {arr.dtype}; expected uint8")
+
+
+class SamPredictor:
+    """Prompted mask prediction on one image at a time.
+
+    max_batch: prompts decoded per compiled call in `predict_batch` (bounds memory; larger
+    batches are split).
+    """
+
+    def __init__(self, sam_model: SamModel, max_batch: int = 64):
+        if not isinstance(sam_model, SamModel):
+            raise TypeError(
+                "SamPredictor takes the model bundle from sam_model_registry[...](...), got "
+                f"{type(sam_model).__name__}"
+            )
+        self.model = sam_model
+        self.max_batch = _bucket(max_batch)
+        self.transform = ResizeLongestSide(sam_model.image_size)
+        module = sam_model.module
+        self._embed = jax.jit(
+            lambda params, images, sizes: module.apply(
+                {"params": params}, images, sizes, method=Sam.embed_images
+            )
+        )
+        self._decode = jax.jit(
+            functools.partial(_decode, module), static_argnames=("multimask_output",)
+        )
+        self._postprocess = jax.jit(_postprocess, static_argnames=("return_logits",))
+        self.reset_image()
+
+    @property
+    def low_res_size(self) -> int:
+        return 4 * (self.model.image_size // self.model.module.patch_size)
+
+    # ------------------------------------------------------------------ image
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Compute the embedding of an H x W x 3 image (uint8, or float in [0, 1])."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = as_uint8_rgb(image)
+        if image_format == "BGR":
+            image = image[..., ::-1]
+        resized = self.transform.apply_image(np.ascontiguousarray(image))
+        s = self.model.image_size
+        canvas = np.zeros((1, s, s, 3), np.uint8)
+        canvas[0, : resized.shape[0], : resized.shape[1]] = resized
+        sizes = np.array([resized.shape[:2]], np.int32)
+        self.reset_image()
+        self.features = self._embed(self.model.params, canvas, sizes)
+        self.original_size = tuple(int(v) for v in image.shape[:2])
+        self.input_size = tuple(int(v) for v in resized.shape[:2])
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> np.ndarray:
+        """The current image's embedding, (1, C, h, w) as in the reference."""
+        self._require_image()
+        return np.asarray(self.features).transpose(0, 3, 1, 2)
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.original_size = None
+        self.input_size = None
+
+    def _require_image(self):
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+
+    # ---------------------------------------------------------------- prompts
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One prompt -> (masks (C, H, W), iou_predictions (C,), low_res_logits (C, 256, 256)).
+
+        point_coords (N, 2) as (x, y) pixels of the original image; point_labels (N,) with
+        1 foreground, 0 background; box (4,) XYXY; mask_input (1, 256, 256) low-res logits
+        from a previous call.
+        """
+        self._require_image()
+        if point_coords is not None:
+            point_coords = np.asarray(point_coords)
+            if point_coords.ndim != 2:
+                raise ValueError(f"point_coords must be (N, 2), got shape {point_coords.shape}")
+            point_coords = point_coords[None]
+            if point_labels is not None:
+                point_labels = np.asarray(point_labels)
+                if point_labels.ndim != 1:
+                    raise ValueError(f"point_labels must be (N,), got shape {point_labels.shape}")
+                point_labels = point_labels[None]
+        elif point_labels is not None:
+            raise ValueError("point_labels given without point_coords")
+        if box is not None:
+            box = np.asarray(box)
+            if box.shape not in ((4,), (1, 4)):
+                raise ValueError(f"box must be (4,) XYXY, got shape {box.shape}")
+            box = box.reshape(1, 4)
+        if mask_input is not None:
+            mask_input = np.asarray(mask_input)
+            m = self.low_res_size
+            if mask_input.shape != (1, m, m):
+                raise ValueError(f"mask_input must be (1, {m}, {m}), got shape {mask_input.shape}")
+            mask_input = mask_input[None]
+        masks, iou, low_res = self.predict_batch(
+            point_coords, point_labels, box, mask_input, multimask_output, return_logits
+        )
+        return masks[0], iou[0], low_res[0]
+
+    def predict_batch(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        boxes: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """B prompts at once -> (masks (B, C, H, W), iou (B, C), low_res_logits (B, C, 256, 256)).
+
+        point_coords (B, N, 2), point_labels (B, N), boxes (B, 4) XYXY, mask_input
+        (B, 1, 256, 256) or (B, 256, 256); coordinates in the original image frame.
+        """
+        self._require_image()
+        coords, labels, boxes, masks, batch = self._check_prompts(
+            point_coords, point_labels, boxes, mask_input
+        )
+        h, w = self.original_size
+        rows, cols = postprocess_matrices(
+            (self.low_res_size, self.low_res_size),
+            self.model.image_size,
+            self.input_size,
+            self.original_size,
+        )
+        out_masks, out_iou, out_low = [], [], []
+        for start in range(0, batch, self.max_batch):
+            stop = min(start + self.max_batch, batch)
+            low, iou = self._decode_chunk(
+                coords, labels, boxes, masks, start, stop, multimask_output
+            )
+            out_masks.append(np.asarray(self._postprocess(low, rows, cols, return_logits)))
+            out_iou.append(np.asarray(iou))
+            out_low.append(np.asarray(low))
+        return (np.concatenate(out_masks), np.concatenate(out_iou), np.concatenate(out_low))
+
+    def _decode_chunk(self, coords, labels, boxes, masks, start, stop, multimask_output):
+        n = stop - start
+        padded = _bucket(n)
+
+        def take(x, fill=0):
+            if x is None:
+                return None
+            x = x[start:stop]
+            pad = [(0, padded - n)] + [(0, 0)] * (x.ndim - 1)
+            return np.pad(x, pad, constant_values=fill)
+
+        valid = None
+        if coords is not None:
+            num_points = coords.shape[1]
+            p = _bucket(num_points)
+            c = np.zeros((padded, p, 2), np.float32)
+            lab = np.full((padded, p), -1, np.int32)
+            valid = np.zeros((padded, p), bool)
+            c[:n, :num_points] = coords[start:stop]
+            lab[:n, :num_points] = labels[start:stop]
+            valid[:n, :num_points] = True
+            coords_b, labels_b = c, lab
+        else:
+            coords_b = labels_b = None
+        low, iou = self._decode(
+            self.model.params,
+            self.features,
+            coords_b,
+            labels_b,
+            valid,
+            take(boxes),
+            take(masks),
+            multimask_output=bool(multimask_output),
+        )
+        return low[:n], iou[:n]
+
+    def _check_prompts(self, point_coords, point_labels, boxes, mask_input):
+        h, w = self.original_size
+        batch = None
+
+        def agree(n, what):
+            nonlocal batch
+            if batch is None:
+                batch = n
+            elif n != batch:
+                raise ValueError(f"{what} has batch size {n}, but other prompts have {batch}")
+
+        coords = labels = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied if point_coords is supplied.")
+            coords = np.asarray(point_coords, dtype=np.float64)
+            labels = np.asarray(point_labels)
+            if coords.ndim != 3 or coords.shape[-1] != 2 or coords.shape[1] == 0:
+                raise ValueError(f"point_coords must be (B, N, 2) with N >= 1, got {coords.shape}")
+            if labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_labels shape {labels.shape} does not match point_coords "
+                    f"{coords.shape} (one label per point)"
+                )
+            if not np.all(np.isfinite(coords)):
+                raise ValueError("point_coords contain NaN or infinite values")
+            bad = (
+                (coords[..., 0] < 0)
+                | (coords[..., 0] > w)
+                | (coords[..., 1] < 0)
+                | (coords[..., 1] > h)
+            )
+            if bad.any():
+                raise ValueError(
+                    f"point_coords outside the {w}x{h} (width x height) image: "
+                    f"{coords[bad].tolist()[:5]}; coordinates are (x, y) pixels"
+                )
+            if not np.isin(labels, VALID_LABELS).all():
+                raise ValueError(
+                    f"point_labels must be 1 (foreground), 0 (background) or -1 (ignored), "
+                    f"got {sorted(set(np.unique(labels).tolist()) - set(VALID_LABELS))}"
+                )
+            agree(coords.shape[0], "point_coords")
+            coords = self.transform.apply_coords(coords, self.original_size).astype(np.float32)
+            labels = labels.astype(np.int32)
+        elif point_labels is not None:
+            raise ValueError("point_labels given without point_coords")
+        if boxes is not None:
+            boxes = np.asarray(boxes, dtype=np.float64)
+            if boxes.ndim != 2 or boxes.shape[1] != 4:
+                raise ValueError(f"boxes must be (B, 4) XYXY, got shape {boxes.shape}")
+            if not np.all(np.isfinite(boxes)):
+                raise ValueError("boxes contain NaN or infinite values")
+            if np.any(boxes[:, 2] < boxes[:, 0]) or np.any(boxes[:, 3] < boxes[:, 1]):
+                raise ValueError("boxes must be XYXY with x0 <= x1 and y0 <= y1")
+            out = (boxes[:, [0, 2]] < 0).any(1) | (boxes[:, [0, 2]] > w).any(1)
+            out |= (boxes[:, [1, 3]] < 0).any(1) | (boxes[:, [1, 3]] > h).any(1)
+            if out.any():
+                raise ValueError(
+                    f"boxes outside the {w}x{h} (width x height) image: {boxes[out].tolist()[:5]}"
+                )
+            agree(boxes.shape[0], "boxes")
+            boxes = self.transform.apply_boxes(boxes, self.original_size).astype(np.float32)
+        masks = None
+        if mask_input is not None:
+            masks = np.asarray(mask_input, dtype=np.float32)
+            m = self.low_res_size
+            if masks.ndim == 4 and masks.shape[1] == 1:
+                masks = masks[:, 0]
+            if masks.ndim != 3 or masks.shape[1:] != (m, m):
+                raise ValueError(
+                    f"mask_input must be (B, 1, {m}, {m}), got shape {np.shape(mask_input)}"
+                )
+            agree(masks.shape[0], "mask_input")
+        if batch is None:
+            batch = 1
+        if batch == 0:
+            raise ValueError("no prompts: the batch is empty")
+        return coords, labels, boxes, masks, batch
+
+
+def _decode(module, params, features, coords, labels, valid, boxes, masks, multimask_output):
+    return module.apply(
+        {"params": params},
+        features,
+        coords,
+        labels,
+        boxes,
+        masks,
+        multimask_output,
+        valid,
+        method=Sam.decode,
+    )
+
+
+def _postprocess(low_res, rows, cols, return_logits):
+    masks = postprocess_masks(low_res, rows, cols)
+    return masks if return_logits else masks > Sam.mask_threshold

@@ -1,0 +1,101 @@
+"""Helpers for comparing against the PyTorch reference (`segment-anything==1.0`).
+
+Needs the test-only dependencies (requirements-dev.txt); torch is imported lazily so the
+package itself never needs it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import ml_collections
+import numpy as np
+
+from sam_jax.build import SamModel
+from sam_jax.checkpoint import convert_state_dict
+from sam_jax.model_configs import build_sam, model_config
+
+
+def build_reference(
+    config: ml_collections.ConfigDict | str,
+    seed: int = 0,
+    perturb: bool = True,
+    output_scale: float = 1.0,
+):
+    """A randomly initialised reference `Sam` (eval mode) with the shape of `config`.
+
+    perturb: give the zero-initialised tables (rel_pos_*, pos_embed) random values so
+    parity tests exercise them. output_scale: multiply the last layers of the mask
+    hypernetworks and the IoU head, to spread logits and IoU predictions (as trained
+    weights do) so thresholds in downstream code matter.
+    """
+    import torch
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    c = model_config(config) if isinstance(config, str) else config
+    torch.manual_seed(seed)
+    e = c.image_size // c.patch_size
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=c.encoder_depth,
+            embed_dim=c.encoder_embed_dim,
+            img_size=c.image_size,
+            mlp_ratio=c.mlp_ratio,
+            norm_layer=functools.partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=c.encoder_num_heads,
+            patch_size=c.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(c.encoder_global_attn_indexes),
+            window_size=c.window_size,
+            out_chans=c.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=c.prompt_embed_dim,
+            image_embedding_size=(e, e),
+            input_image_size=(c.image_size, c.image_size),
+            mask_in_chans=c.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=c.num_multimask_outputs,
+            transformer=TwoWayTransformer(
+                depth=c.decoder_depth,
+                embedding_dim=c.prompt_embed_dim,
+                mlp_dim=c.decoder_mlp_dim,
+                num_heads=c.decoder_num_heads,
+            ),
+            transformer_dim=c.prompt_embed_dim,
+            iou_head_depth=c.iou_head_depth,
+            iou_head_hidden_dim=c.iou_head_hidden_dim,
+        ),
+        pixel_mean=list(c.pixel_mean),
+        pixel_std=list(c.pixel_std),
+    )
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in sam.named_parameters():
+            if perturb and ("rel_pos" in name or name.endswith("pos_embed")):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+            last_hyper = "output_hypernetworks_mlps" in name and f"layers.{2}." in name
+            last_iou = f"iou_prediction_head.layers.{c.iou_head_depth - 1}." in name
+            if output_scale != 1.0 and (last_hyper or last_iou):
+                p.mul_(output_scale)
+    return sam.eval()
+
+
+def reference_state_dict(sam) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in sam.state_dict().items()}
+
+
+def model_from_reference(sam, config: ml_collections.ConfigDict | str, **overrides) -> SamModel:
+    """Our model bundle holding the reference's weights."""
+    c = model_config(config) if isinstance(config, str) else ml_collections.ConfigDict(config)
+    params = convert_state_dict(sam.state_dict(), c)
+    c.update(overrides)
+    return SamModel(build_sam(c), params, c)
