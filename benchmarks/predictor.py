@@ -1,0 +1,99 @@
+"""Time `set_image` and one-point `predict` of SamPredictor against the PyTorch reference.
+
+Both run the same random-init weights (converted from the reference) on the same image,
+in the same process:
+
+    python benchmarks/predictor.py --model-type vit_b --repeats 3
+
+Prints per-call times (median of repeats, after a warm-up call that includes compilation)
+and the JAX / reference time ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+
+def _time(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-type", default="vit_b")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--predict-repeats", type=int, default=20)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's own choice)",
+    )
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+
+    import jax
+    import torch
+    from segment_anything import SamPredictor as RefPredictor
+    from skimage import data
+
+    from sam_jax import SamPredictor
+    from sam_jax.testing import build_reference, model_from_reference
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = data.coffee()  # 400 x 600 RGB
+    point = np.array([[300.0, 200.0]])
+    label = np.array([1])
+    ref = build_reference(args.model_type)
+    ours = SamPredictor(model_from_reference(ref, args.model_type, dtype=args.dtype))
+    print(
+        f"model {args.model_type}, image {image.shape}, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), dtype {args.dtype}"
+    )
+
+    def jax_set():
+        ours.set_image(image)
+        jax.block_until_ready(ours.features)
+
+    t0 = time.perf_counter()
+    jax_set()
+    print(f"jax set_image first call (compile + run): {time.perf_counter() - t0:.2f} s")
+    ours.predict(point, label)
+    jax_set_t = _time(jax_set, args.repeats)
+    jax_pred_t = _time(lambda: ours.predict(point, label), args.predict_repeats)
+
+    results = {"jax": (jax_set_t, jax_pred_t)}
+    if not args.skip_reference:
+        rp = RefPredictor(ref)
+        with torch.inference_mode():
+            rp.set_image(image)
+            rp.predict(point, label)
+            ref_set_t = _time(lambda: rp.set_image(image), args.repeats)
+            ref_pred_t = _time(lambda: rp.predict(point, label), args.predict_repeats)
+        results["reference"] = (ref_set_t, ref_pred_t)
+
+    for name, (set_t, pred_t) in results.items():
+        print(
+            f"{name:>9}: set_image {statistics.median(set_t):7.3f} s   "
+            f"predict {1e3 * statistics.median(pred_t):7.1f} ms"
+        )
+    if "reference" in results:
+        r_set = statistics.median(jax_set_t) / statistics.median(results["reference"][0])
+        r_pred = statistics.median(jax_pred_t) / statistics.median(results["reference"][1])
+        print(f"ratio jax/reference: set_image {r_set:.2f}x   predict {r_pred:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
