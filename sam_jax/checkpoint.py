@@ -74,11 +74,39 @@ def _from_flax_layout(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarr
 
 
 def init_params(config: ml_collections.ConfigDict, seed: int = 0) -> dict:
-    """Randomly initialised parameters for a model config (seeded; every submodule)."""
-    module = build_sam(config)
-    return jax.jit(lambda key: module.init(key, *_init_inputs(config))["params"])(
-        jax.random.key(seed)
-    )
+    """Random parameters drawn as the PyTorch reference initialises its modules.
+
+    Linear/conv weights and their biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's
+    default), embeddings and the Fourier matrix N(0, 1), LayerNorm ones/zeros, position
+    tables zeros. Drawn on the host with numpy (seeded per parameter path), which is much
+    faster than compiling the Flax initialisers' random-number graph.
+    """
+    flat = flax.traverse_util.flatten_dict(abstract_params(config))
+    out = {}
+    for path, leaf in flat.items():
+        key = [seed, *(ord(ch) for ch in "/".join(path))]
+        rng = np.random.default_rng(key)
+        shape, name = leaf.shape, path[-1]
+        parent = flat.get((*path[:-1], "kernel"))
+        if name == "kernel" or (name == "bias" and parent is not None):
+            bound = 1.0 / np.sqrt(_fan_in(path[:-1], parent.shape if parent else shape))
+            value = rng.uniform(-bound, bound, shape)
+        elif name == "scale":
+            value = np.ones(shape)
+        elif name in ("embedding", "positional_encoding_gaussian_matrix"):
+            value = rng.standard_normal(shape)
+        else:  # LayerNorm biases, pos_embed, rel_pos_*: zeros as in the reference
+            value = np.zeros(shape)
+        out[path] = jnp.asarray(value, leaf.dtype)
+    return flax.traverse_util.unflatten_dict(out)
+
+
+def _fan_in(module_path: tuple[str, ...], kernel_shape: tuple[int, ...]) -> int:
+    if len(kernel_shape) == 2:  # Dense (in, out)
+        return kernel_shape[0]
+    kh, kw, cin, cout = kernel_shape
+    # PyTorch takes fan_in from weight dim 1: `in` for Conv2d, `out` for ConvTranspose2d.
+    return kh * kw * (cout if module_path[-1] in _TRANSPOSED_CONVS else cin)
 
 
 def abstract_params(config: ml_collections.ConfigDict) -> dict:
