@@ -21,40 +21,47 @@ from pycocotools import mask as mask_utils
 SHAPES = ("disk", "ring", "rectangle", "triangle", "bar", "cross")
 
 
-def _shape_mask(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+def _shape_window(kind: str, h: int, w: int, rng: np.random.Generator):
+    """A random shape: (row slice, column slice, bool mask of that window)."""
     size = rng.uniform(0.06, 0.35) * min(h, w)
     cy, cx = rng.uniform(0.1, 0.9) * h, rng.uniform(0.1, 0.9) * w
     angle = rng.uniform(0, np.pi)
+    extra = rng.uniform(0.0, 1.0)  # the one free proportion each kind has
+    half = int(np.ceil(1.6 * size)) + 2  # every kind fits within 1.5 * size of its centre
+    y0, y1 = max(0, int(cy) - half), min(h, int(cy) + half + 1)
+    x0, x1 = max(0, int(cx) - half), min(w, int(cx) + half + 1)
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
     ca, sa = np.cos(angle), np.sin(angle)
     u = (xx - cx) * ca + (yy - cy) * sa
     v = -(xx - cx) * sa + (yy - cy) * ca
     r = np.hypot(xx - cx, yy - cy)
     if kind == "disk":
-        return r < size
-    if kind == "ring":
-        return (r < size) & (r > size * rng.uniform(0.4, 0.7))
-    if kind == "rectangle":
-        return (abs(u) < size) & (abs(v) < size * rng.uniform(0.3, 1.0))
-    if kind == "triangle":
-        return (v > -size / 2) & (v < size - 1.7 * abs(u))
-    if kind == "bar":
-        return (abs(u) < size * 1.5) & (abs(v) < max(2.0, size * rng.uniform(0.05, 0.15)))
-    if kind == "cross":
+        mask = r < size
+    elif kind == "ring":
+        mask = (r < size) & (r > size * (0.4 + 0.3 * extra))
+    elif kind == "rectangle":
+        mask = (abs(u) < size) & (abs(v) < size * (0.3 + 0.7 * extra))
+    elif kind == "triangle":
+        mask = (v > -size / 2) & (v < size - 1.7 * abs(u))
+    elif kind == "bar":
+        mask = (abs(u) < size * 1.5) & (abs(v) < max(2.0, size * (0.05 + 0.1 * extra)))
+    elif kind == "cross":
         t = max(2.0, size * 0.2)
-        return ((abs(u) < size) & (abs(v) < t)) | ((abs(v) < size) & (abs(u) < t))
-    raise ValueError(f"unknown shape {kind!r}")
+        mask = ((abs(u) < size) & (abs(v) < t)) | ((abs(v) < size) & (abs(u) < t))
+    else:
+        raise ValueError(f"unknown shape {kind!r}")
+    return slice(y0, y1), slice(x0, x1), mask
 
 
-def _texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """A colour with stripes or noise, (h, w, 3) float."""
+def _texture(rows: slice, cols: slice, rng: np.random.Generator) -> np.ndarray:
+    """A colour with stripes or noise over an image window, (h, w, 3) float."""
     base = rng.uniform(20, 235, 3)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    yy, xx = np.mgrid[rows, cols].astype(np.float32)
     if rng.random() < 0.5:
         freq, angle = rng.uniform(0.05, 0.3), rng.uniform(0, np.pi)
         wave = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)))[..., None]
         return base + rng.uniform(10, 35) * wave
-    return base + rng.normal(0, rng.uniform(3, 15), (h, w, 3))
+    return base + rng.normal(0, rng.uniform(3, 15), (*yy.shape, 3))
 
 
 def make_example(
@@ -63,13 +70,13 @@ def make_example(
     """Image (H, W, 3) uint8 and the visible instance masks (each (H, W) bool, non-empty)."""
     rng = np.random.default_rng([seed, index])
     h, w = size
-    image = _texture(h, w, rng)
+    image = _texture(slice(0, h), slice(0, w), rng)
     owner = np.full((h, w), -1, np.int32)
     n = int(rng.integers(2, max_objects + 1))
     for i in range(n):
-        mask = _shape_mask(SHAPES[int(rng.integers(len(SHAPES)))], h, w, rng)
-        image[mask] = _texture(h, w, rng)[mask]
-        owner[mask] = i  # later shapes occlude earlier ones
+        rows, cols, mask = _shape_window(SHAPES[int(rng.integers(len(SHAPES)))], h, w, rng)
+        image[rows, cols][mask] = _texture(rows, cols, rng)[mask]
+        owner[rows, cols][mask] = i  # later shapes occlude earlier ones
     masks = [owner == i for i in range(n)]
     masks = [m for m in masks if m.sum() >= 16]
     return image.round().clip(0, 255).astype(np.uint8), masks
@@ -118,6 +125,7 @@ def write_sa1b(
     size: tuple[int, int] = (256, 320),
     images_per_shard: int | None = 16,
     first_id: int = 1,
+    max_objects: int = 8,
 ) -> list[Path]:
     """Write `num_images` synthetic SA-1B examples.
 
@@ -131,7 +139,7 @@ def write_sa1b(
     tar = None
     for k in range(num_images):
         image_id = first_id + k
-        image, masks = make_example(image_id, seed, size)
+        image, masks = make_example(image_id, seed, size, max_objects)
         files = {
             f"sa_{image_id}.jpg": _encode_jpeg(image),
             f"sa_{image_id}.json": json.dumps(sa1b_annotation(image_id, *size, masks)).encode(),
