@@ -87,14 +87,14 @@ class PromptEncoder(nn.Module):
     def _embedding(self, table: nn.Embed) -> jax.Array:
         return table.embedding[0]
 
-    def _embed_points(self, points, labels, valid, pad: bool):
+    def _embed_points(self, points, labels, valid, pad_valid=None):
         points = points.astype(jnp.float32) + 0.5
         labels = labels.astype(jnp.int32)
-        if pad:
+        if pad_valid is not None:  # the reference's "not a point" token after the points
             b = points.shape[0]
             points = jnp.concatenate([points, jnp.zeros((b, 1, 2), jnp.float32)], axis=1)
             labels = jnp.concatenate([labels, -jnp.ones((b, 1), jnp.int32)], axis=1)
-            valid = jnp.concatenate([valid, jnp.ones((b, 1), bool)], axis=1)
+            valid = jnp.concatenate([valid, pad_valid[:, None]], axis=1)
         emb = self.pe_layer.forward_with_coords(points, self.input_image_size)
         lab = labels[..., None]
         emb = jnp.where(lab == -1, 0.0, emb)
@@ -124,7 +124,11 @@ class PromptEncoder(nn.Module):
         boxes: jax.Array | None = None,
         masks: jax.Array | None = None,
         point_valid: jax.Array | None = None,
+        box_valid: jax.Array | None = None,
     ):
+        """box_valid (B,) lets one batch mix prompts with and without a box (training): the
+        box tokens of rows without one are ignored and, as the reference does for point-only
+        prompts, their "not a point" token takes part instead."""
         if points is not None:
             bs = points[0].shape[0]
         elif boxes is not None:
@@ -139,12 +143,19 @@ class PromptEncoder(nn.Module):
             coords, labels = points
             if point_valid is None:
                 point_valid = jnp.ones(labels.shape, bool)
-            emb, v = self._embed_points(coords, labels, point_valid, pad=boxes is None)
+            if boxes is None:
+                pad_valid = jnp.ones((bs,), bool)
+            elif box_valid is not None:
+                pad_valid = ~box_valid
+            else:
+                pad_valid = None
+            emb, v = self._embed_points(coords, labels, point_valid, pad_valid)
             sparse.append(emb)
             valid.append(v)
         if boxes is not None:
             sparse.append(self._embed_boxes(boxes))
-            valid.append(jnp.ones((bs, 2), bool))
+            bv = jnp.ones((bs,), bool) if box_valid is None else box_valid.astype(bool)
+            valid.append(jnp.broadcast_to(bv[:, None], (bs, 2)))
         no_mask = self._embedding(self.no_mask_embed)  # read always: init creates it
         if masks is not None:
             dense = self.embed_masks(masks)

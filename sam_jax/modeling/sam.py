@@ -126,11 +126,16 @@ class Sam(nn.Module):
         multimask_output: bool = True,
         point_valid: jax.Array | None = None,
         deterministic: bool = True,
+        box_valid: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
-        """Prompts in the model's input frame -> (low-res logits (B, M, 4h, 4w), iou (B, M))."""
+        """Prompts in the model's input frame -> (low-res logits (B, M, 4h, 4w), iou (B, M)).
+
+        point_valid (B, N) marks padding points; box_valid (B,) marks rows without a box
+        when boxes are given for a mixed batch (see PromptEncoder).
+        """
         points = None if point_coords is None else (point_coords, point_labels)
         sparse, sparse_valid, dense = self.prompt_encoder(
-            points, boxes, mask_inputs, point_valid=point_valid
+            points, boxes, mask_inputs, point_valid=point_valid, box_valid=box_valid
         )
         return self.mask_decoder(
             image_embeddings,

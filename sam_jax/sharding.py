@@ -1,0 +1,122 @@
+"""Meshes and shardings: a ('data', 'fsdp', 'tensor') mesh from the config, logical axis
+names for every parameter (derived from its path, so checkpoints stay plain arrays), and
+the rules mapping logical names to mesh axes.
+
+Parameters are sharded FSDP-style over 'fsdp' on their model dimension and Megatron-style
+over 'tensor' on attention heads and MLP hidden units; batches over ('data', 'fsdp'). A
+dimension that the mesh axis does not divide is left replicated rather than failing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes, or None for replicated)
+DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),  # attention projections' output (qkv) / input (proj) features
+    ("mlp", "tensor"),
+    ("height", None),
+    ("width", None),
+    ("tokens", None),
+)
+
+# Dense layers whose output features split across 'tensor' (column-parallel) and those
+# whose input features do (row-parallel), by module name.
+_COLUMN_PARALLEL = {"qkv", "lin1", "q_proj", "k_proj", "v_proj"}
+_ROW_PARALLEL = {"proj", "lin2", "out_proj"}
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    """A 3-axis mesh; one size may be -1 (= the remaining devices)."""
+    devices = jax.devices() if devices is None else devices
+    sizes = [data, fsdp, tensor]
+    if sizes.count(-1) > 1:
+        raise ValueError(
+            f"at most one mesh axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}"
+        )
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if any(s == 0 or s < -1 for s in sizes) or len(devices) % known:
+        raise ValueError(
+            f"mesh data={data} fsdp={fsdp} tensor={tensor} does not fit {len(devices)} devices"
+        )
+    sizes = [len(devices) // known if s == -1 else s for s in sizes]
+    if int(np.prod(sizes)) != len(devices):
+        raise ValueError(
+            f"mesh {dict(zip(MESH_AXES, sizes))} needs {int(np.prod(sizes))} "
+            f"devices, have {len(devices)}"
+        )
+    return jax.make_mesh(
+        tuple(sizes), MESH_AXES, devices=devices, axis_types=(jax.sharding.AxisType.Auto,) * 3
+    )
+
+
+def param_logical_axes(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[str | None, ...]:
+    """Logical axis names of one parameter, from its path and rank."""
+    name, module = path[-1], path[-2] if len(path) > 1 else ""
+    if name == "kernel" and len(shape) == 2:
+        if module in _COLUMN_PARALLEL:
+            return ("embed", "heads" if module != "lin1" else "mlp")
+        if module in _ROW_PARALLEL:
+            return ("heads" if module != "lin2" else "mlp", "embed")
+        return ("embed", None)
+    if name == "bias" and len(shape) == 1 and module in _COLUMN_PARALLEL:
+        return ("heads" if module != "lin1" else "mlp",)
+    if name == "kernel" and len(shape) == 4:  # conv (kh, kw, in, out)
+        return (None, None, None, "embed")
+    if name == "pos_embed":
+        return (None, None, None, "embed")
+    return (None,) * len(shape)
+
+
+def _mesh_axes_for(logical, rules) -> str | tuple[str, ...] | None:
+    for name, axes in rules:
+        if name == logical:
+            return axes
+    return None
+
+
+def logical_to_spec(
+    logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=DEFAULT_RULES
+) -> PartitionSpec:
+    """PartitionSpec for logical axes; axes the mesh cannot divide stay replicated."""
+    spec, used = [], set()
+    for dim, name in zip(shape, logical):
+        axes = None if name is None else _mesh_axes_for(name, rules)
+        if axes is not None:
+            tup = (axes,) if isinstance(axes, str) else tuple(axes)
+            tup = tuple(a for a in tup if a not in used and mesh.shape[a] > 1)
+            size = int(np.prod([mesh.shape[a] for a in tup])) if tup else 1
+            if not tup or dim % size:
+                axes = None
+            else:
+                used.update(tup)
+                axes = tup[0] if len(tup) == 1 else tup
+        spec.append(axes)
+    return PartitionSpec(*spec)
+
+
+def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES):
+    """NamedSharding for every leaf of a (possibly abstract) parameter tree."""
+    flat = flax.traverse_util.flatten_dict(params)
+    out = {
+        path: NamedSharding(
+            mesh, logical_to_spec(param_logical_axes(path, leaf.shape), leaf.shape, mesh, rules)
+        )
+        for path, leaf in flat.items()
+    }
+    return flax.traverse_util.unflatten_dict(out)
+
+
+def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
+    """Leading axis over the batch mesh axes, the rest replicated."""
+    axes = _mesh_axes_for("batch", rules)
+    return NamedSharding(mesh, PartitionSpec(axes, *([None] * (ndim - 1))))
