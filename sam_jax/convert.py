@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from sam_jax.checkpoint import (
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    n = sum(v.size for v in state_dict.values())
+    n = sum(math.prod(v.shape) for v in state_dict.values())  # tensor.size is a method
     print(f"converted {args.checkpoint} ({model_type}, {n / 1e6:.2f}M values) -> {out}")
     return 0
 

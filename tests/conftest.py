@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny random-init reference `Sam`, our model with the same weights, and
+predictors of both holding the embedding of one real, non-square image."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor as RefPredictor
+from skimage import data
+
+from sam_jax import SamPredictor
+from sam_jax.testing import build_reference, model_from_reference
+
+TINY = "tiny"
+SEED = 0
+# Spreads logits and IoU predictions as trained weights do, so mask thresholds matter.
+OUTPUT_SCALE = 10.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _deterministic_torch():
+    # Weights and inputs are seeded explicitly; this covers anything torch draws implicitly.
+    torch.manual_seed(SEED)
+
+
+@pytest.fixture(scope="session")
+def tiny_ref():
+    return build_reference(TINY, seed=SEED, output_scale=OUTPUT_SCALE)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_ref):
+    return model_from_reference(tiny_ref, TINY)
+
+
+@pytest.fixture(scope="session")
+def image() -> np.ndarray:
+    """A 300 x 450 RGB crop: not square and not the model size, so the resize, the
+    bottom/right padding and the crop in post-processing all do something."""
+    img = data.astronaut()[100:400, 31:481]
+    assert img.shape == (300, 450, 3) and img.dtype == np.uint8
+    return np.ascontiguousarray(img)
+
+
+@pytest.fixture(scope="session")
+def ref_predictor(tiny_ref, image):
+    p = RefPredictor(tiny_ref)
+    with torch.no_grad():
+        p.set_image(image)
+    return p
+
+
+@pytest.fixture(scope="session")
+def _session_predictor(tiny_model, image):
+    p = SamPredictor(tiny_model)
+    p.set_image(image)
+    return p
+
+
+@pytest.fixture
+def predictor(_session_predictor):
+    """Our predictor with the test image set. A shallow copy: it shares the compiled
+    functions (no recompilation per test) but a test may reset or replace its image."""
+    return copy.copy(_session_predictor)
