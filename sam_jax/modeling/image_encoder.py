@@ -131,9 +131,10 @@ class Block(nn.Module):
     input_size: tuple[int, int] | None = None
     dtype: Dtype = jnp.float32
     attention_impl: str = "xla"
+    drop_path: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         dim = x.shape[-1]
         shortcut = x
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
@@ -154,9 +155,20 @@ class Block(nn.Module):
         )(x)
         if self.window_size > 0:
             x = window_unpartition(x, self.window_size, padded_hw, (h, w))
-        x = shortcut + x
+        x = shortcut + self._drop_path(x, deterministic)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
-        return x + MLPBlock(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+        y = MLPBlock(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)
+        return x + self._drop_path(y, deterministic)
+
+    def _drop_path(self, x: jax.Array, deterministic: bool) -> jax.Array:
+        """Stochastic depth: drop the whole residual branch per example ('dropout' rng)."""
+        if deterministic or self.drop_path == 0.0:
+            return x
+        keep = 1.0 - self.drop_path
+        mask = jax.random.bernoulli(
+            self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1)
+        )
+        return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
 
 class ImageEncoderViT(nn.Module):
@@ -177,9 +189,10 @@ class ImageEncoderViT(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str = "xla"
     remat: bool = False
+    drop_path_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
         x = PatchEmbed(self.patch_size, self.embed_dim, dtype=self.dtype, name="patch_embed")(x)
         grid = self.img_size // self.patch_size
         if self.use_abs_pos:
@@ -187,7 +200,9 @@ class ImageEncoderViT(nn.Module):
                 "pos_embed", nn.initializers.zeros, (1, grid, grid, self.embed_dim)
             )
             x = x + pos_embed.astype(x.dtype)
-        block_cls = nn.remat(Block) if self.remat else Block
+        # `deterministic` (argument 2, counting self) is a Python bool: static under remat.
+        block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+        rates = np.linspace(0.0, self.drop_path_rate, self.depth)  # deeper blocks drop more
         for i in range(self.depth):
             x = block_cls(
                 self.num_heads,
@@ -198,8 +213,9 @@ class ImageEncoderViT(nn.Module):
                 input_size=(grid, grid),
                 dtype=self.dtype,
                 attention_impl=self.attention_impl,
+                drop_path=float(rates[i]),
                 name=f"blocks_{i}",
-            )(x)
+            )(x, deterministic)
         x = nn.Conv(self.out_chans, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
         x = layer_norm_2d("neck_1", self.dtype)(x)
         x = nn.Conv(

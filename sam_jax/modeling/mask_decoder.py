@@ -30,7 +30,7 @@ class MaskDecoder(nn.Module):
         image_pe: jax.Array,
         sparse_prompt_embeddings: jax.Array,
         dense_prompt_embeddings: jax.Array,
-        multimask_output: bool,
+        multimask_output: bool | None,
         sparse_valid: jax.Array | None = None,
         deterministic: bool = True,
     ) -> tuple[jax.Array, jax.Array]:
@@ -38,24 +38,12 @@ class MaskDecoder(nn.Module):
 
         image_embeddings (1 or B, h, w, C); image_pe (1, h, w, C); sparse (B, T, C);
         sparse_valid (B, T) bool or None; dense (B, h, w, C).
-        Returns (masks (B, M, 4h, 4w) logits, iou_pred (B, M)), M = 3 if multimask else 1.
+        Returns (masks (B, M, 4h, 4w) logits, iou_pred (B, M)), M = 3 if multimask else 1;
+        multimask_output=None returns every mask token's output (M = 1 + num_multimask, the
+        single-mask output first), as training needs.
         """
-        masks, iou_pred = self.predict_masks(
-            image_embeddings,
-            image_pe,
-            sparse_prompt_embeddings,
-            dense_prompt_embeddings,
-            sparse_valid,
-            deterministic,
-        )
-        if multimask_output:
-            return masks[:, 1:], iou_pred[:, 1:]
-        return masks[:, :1], iou_pred[:, :1]
-
-    def predict_masks(
-        self, image_embeddings, image_pe, sparse, dense, sparse_valid=None, deterministic=True
-    ):
-        """All mask tokens' outputs: (masks (B, 1 + num_multimask, 4h, 4w), iou (B, ...))."""
+        sparse = sparse_prompt_embeddings
+        dense = dense_prompt_embeddings
         dim = self.transformer_dim
         num_mask_tokens = self.num_multimask_outputs + 1
         iou_token = nn.Embed(1, dim, name="iou_token").embedding
@@ -104,12 +92,16 @@ class MaskDecoder(nn.Module):
             ],
             axis=1,
         )
-        masks = jnp.einsum("bmc,byxc->bmyx", hyper_in, upscaled)
+        masks = jnp.einsum("bmc,byxc->bmyx", hyper_in, upscaled).astype(jnp.float32)
         iou_pred = MLP(
             self.iou_head_hidden_dim,
             num_mask_tokens,
             self.iou_head_depth,
             dtype=self.dtype,
             name="iou_prediction_head",
-        )(iou_token_out)
-        return masks.astype(jnp.float32), iou_pred.astype(jnp.float32)
+        )(iou_token_out).astype(jnp.float32)
+        if multimask_output is None:
+            return masks, iou_pred
+        if multimask_output:
+            return masks[:, 1:], iou_pred[:, 1:]
+        return masks[:, :1], iou_pred[:, :1]

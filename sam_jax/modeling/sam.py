@@ -44,6 +44,7 @@ class Sam(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: str = "xla"
     remat: bool = False
+    drop_path_rate: float = 0.0
 
     mask_threshold = 0.0
 
@@ -67,6 +68,7 @@ class Sam(nn.Module):
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             remat=self.remat,
+            drop_path_rate=self.drop_path_rate,
         )
         e = self.image_embedding_size
         self.prompt_encoder = PromptEncoder(
@@ -111,10 +113,12 @@ class Sam(nn.Module):
             x = jnp.where((rows & cols)[..., None], x, 0.0)
         return x
 
-    def embed_images(self, images: jax.Array, input_sizes: jax.Array | None = None) -> jax.Array:
+    def embed_images(
+        self, images: jax.Array, input_sizes: jax.Array | None = None, deterministic: bool = True
+    ) -> jax.Array:
         """Raw images (B, H, W, 3), 0..255 -> image embeddings (B, h, w, C) in float32."""
         x = self.preprocess(images, input_sizes).astype(self.dtype)
-        return self.image_encoder(x).astype(jnp.float32)
+        return self.image_encoder(x, deterministic).astype(jnp.float32)
 
     def decode(
         self,
@@ -143,6 +147,33 @@ class Sam(nn.Module):
             sparse,
             dense,
             multimask_output,
+            sparse_valid=sparse_valid,
+            deterministic=deterministic,
+        )
+
+    def decode_all(
+        self,
+        image_embeddings: jax.Array,
+        point_coords: jax.Array | None = None,
+        point_labels: jax.Array | None = None,
+        boxes: jax.Array | None = None,
+        mask_inputs: jax.Array | None = None,
+        point_valid: jax.Array | None = None,
+        box_valid: jax.Array | None = None,
+        deterministic: bool = True,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Like `decode` but every mask token's output: (B, 1 + num_multimask, 4h, 4w) and
+        (B, 1 + num_multimask); index 0 is the single-mask output. Training picks per row."""
+        points = None if point_coords is None else (point_coords, point_labels)
+        sparse, sparse_valid, dense = self.prompt_encoder(
+            points, boxes, mask_inputs, point_valid=point_valid, box_valid=box_valid
+        )
+        return self.mask_decoder(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            None,
             sparse_valid=sparse_valid,
             deterministic=deterministic,
         )
