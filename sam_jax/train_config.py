@@ -1,0 +1,63 @@
+"""The training sections of a config (everything but `model`), with the paper's recipe as
+defaults; configs/*.py adjust them per model size."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from sam_jax.model_configs import model_config
+
+
+def base_config(model_type: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = model_config(model_type)
+    c.model.drop_path_rate = 0.4
+    c.model.decoder_dropout = 0.1
+
+    c.seed = 0
+    c.num_train_steps = 90_000
+    c.batch_size = 256  # images per step, global
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.init_from = ""  # SAM .pth / converted dir (fine-tuning), or "mae:PATH.pth" (encoder only)
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.lr = 8e-4
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.weight_decay = 0.1
+    c.optimizer.warmup_steps = 250
+    c.optimizer.decay_steps = (60_000, 86_666)
+    c.optimizer.decay_factor = 0.1
+    c.optimizer.layer_decay = 0.8
+    c.optimizer.grad_clip_norm = 0.0
+
+    c.train = ml_collections.ConfigDict()
+    c.train.masks_per_image = 64
+    c.train.num_iterations = 11
+    c.train.num_point_rounds = 8
+    c.train.box_prob = 0.5
+    c.train.box_noise_frac = 0.1
+    c.train.box_max_noise = 20.0
+    c.train.focal_weight = 20.0
+    c.train.dice_weight = 1.0
+    c.train.iou_weight = 1.0
+    c.train.focal_alpha = 0.25
+    c.train.focal_gamma = 2.0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "sa1b"  # sa1b (dir or .tar shards) | coco | tfds | synthetic
+    c.data.path = ""  # sa1b: directory; coco: "ANN_JSON:IMAGE_DIR"; tfds: data_dir
+    c.data.num_threads = 8
+    c.data.max_area_fraction = 0.9
+    c.data.synthetic_images = 512
+    c.data.synthetic_size = (256, 320)
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.synthetic_images = 20  # held out (another seed) after training
+    c.eval.num_clicks = (1, 2, 3, 5, 9)
+    return c

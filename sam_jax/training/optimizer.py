@@ -1,0 +1,84 @@
+"""AdamW with the paper's schedule (linear warmup, then x0.1 steps), layer-wise learning-rate
+decay over the image encoder, no weight decay on norms, biases and position tables, and
+the prompt encoder's fixed Fourier matrix frozen."""
+
+from __future__ import annotations
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+FROZEN = ("positional_encoding_gaussian_matrix",)  # a buffer in the reference, not trained
+
+
+def learning_rate_schedule(lr: float, warmup_steps: int, decay_steps, decay_factor: float):
+    """Linear warmup from 0 to lr over warmup_steps, then lr * decay_factor**k after the k-th
+    of `decay_steps` (absolute step numbers)."""
+    boundaries = {int(s): decay_factor for s in decay_steps}
+    after = optax.piecewise_constant_schedule(lr, boundaries)
+    if warmup_steps <= 0:
+        return after
+    warm = optax.linear_schedule(0.0, lr, warmup_steps)
+    return lambda step: jnp.where(step < warmup_steps, warm(step), after(step))
+
+
+def layer_id(path: tuple[str, ...], depth: int) -> int:
+    """0 for the patch/position embeddings, i+1 for encoder block i, depth+1 for the neck and
+    everything after the encoder."""
+    if path[0] != "image_encoder":
+        return depth + 1
+    if path[1] in ("patch_embed", "pos_embed"):
+        return 0
+    if path[1].startswith("blocks_"):
+        return int(path[1].split("_")[1]) + 1
+    return depth + 1
+
+
+def layer_scales(params, depth: int, decay: float):
+    """Per-parameter lr multipliers decay**(depth + 1 - layer_id): 1 for the decoder."""
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict(
+        {p: decay ** (depth + 1 - layer_id(p, depth)) for p in flat}
+    )
+
+
+def weight_decay_mask(params):
+    """Decay only matrices and conv kernels (not norms, biases, embeddings, position tables)."""
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict({p: p[-1] == "kernel" for p in flat})
+
+
+def _scale_by_tree(scales) -> optax.GradientTransformation:
+    def update(updates, state, params=None):
+        del params
+        return jax.tree_util.tree_map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(config, params, depth: int) -> tuple[optax.GradientTransformation, callable]:
+    """The optimizer for `config.optimizer` and its learning-rate schedule."""
+    o = config.optimizer
+    schedule = learning_rate_schedule(o.lr, o.warmup_steps, o.decay_steps, o.decay_factor)
+    parts = []
+    if o.grad_clip_norm and o.grad_clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
+    parts.append(
+        optax.adamw(
+            schedule,
+            b1=o.b1,
+            b2=o.b2,
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            mask=weight_decay_mask(params),
+        )
+    )
+    if o.layer_decay != 1.0:
+        parts.append(_scale_by_tree(layer_scales(params, depth, o.layer_decay)))
+    tx = optax.chain(*parts)
+    flat = flax.traverse_util.flatten_dict(params)
+    labels = flax.traverse_util.unflatten_dict(
+        {p: "frozen" if p[-1] in FROZEN else "train" for p in flat}
+    )
+    return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels), schedule
