@@ -279,3 +279,45 @@ def test_padded_point_tokens_are_ignored(tiny_model, with_box, multimask):
         None,
     )
     assert float(np.abs(np.asarray(unmasked[0]) - np.asarray(plain[0])).max()) > 100 * PADDING_ATOL
+
+
+def run_decode_all(m, emb, coords, labels, boxes, box_valid):
+    return m.decode_all(emb, coords, labels, boxes, None, None, box_valid)
+
+
+def test_box_valid_mixes_box_and_point_only_prompts(tiny_model):
+    """Training batches mix prompts with and without a box: each row must decode as the
+    reference treats it on its own (box tokens, or the appended "not a point" token)."""
+    rng = np.random.default_rng(7)
+    emb = jnp.asarray(rng.standard_normal((1, EMBED_HW, EMBED_HW, 64)).astype(np.float32))
+    coords, labels, boxes, _ = _prompts(rng, 4, 2)
+    has_box = np.array([True, False, False, True])
+    mixed = apply(
+        tiny_model,
+        run_decode_all,
+        emb,
+        jnp.asarray(coords),
+        jnp.asarray(labels),
+        jnp.asarray(boxes),
+        jnp.asarray(has_box),
+    )
+    with_box = apply(
+        tiny_model,
+        run_decode_all,
+        emb,
+        jnp.asarray(coords),
+        jnp.asarray(labels),
+        jnp.asarray(boxes),
+        None,
+    )
+    without = apply(
+        tiny_model, run_decode_all, emb, jnp.asarray(coords), jnp.asarray(labels), None, None
+    )
+    for out_mixed, out_box, out_none in zip(mixed, with_box, without, strict=True):
+        expected = np.where(has_box.reshape(-1, *[1] * (out_box.ndim - 1)), out_box, out_none)
+        np.testing.assert_allclose(np.asarray(out_mixed), expected, rtol=0, atol=PADDING_ATOL)
+    # all mask tokens come back, the single-mask one first, as decode() slices them
+    single = apply(
+        tiny_model, run_decode, emb, jnp.asarray(coords), jnp.asarray(labels), None, False, None
+    )
+    np.testing.assert_allclose(np.asarray(without[0][:, :1]), np.asarray(single[0]), atol=1e-6)
