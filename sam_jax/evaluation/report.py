@@ -1,0 +1,154 @@
+"""Aggregated results and their reports: results.json, results.md and a plot.
+
+IoUs in results.json and records.jsonl are fractions in [0, 1]; results.md shows percent
+like the paper. Files are replaced atomically (written to a temporary file in the same
+folder, then renamed), so a reader or a crash never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from sam_jax.evaluation import registry
+
+
+def write_atomic(path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def dataset_summary(
+    ious: list[list[float]],
+    oracle_ious: list[list[float]],
+    num_clicks: tuple[int, ...],
+    num_images: int,
+    skipped: int,
+    problems: list[str],
+) -> dict:
+    """One dataset's entry of results.json. ious: per mask, the IoU after 1..K clicks."""
+    out = {"miou": {}, "oracle_miou": {}}
+    if ious:
+        a, o = np.asarray(ious), np.asarray(oracle_ious)
+        for n in num_clicks:
+            out["miou"][str(n)] = float(a[:, n - 1].mean())
+            out["oracle_miou"][str(n)] = float(o[:, n - 1].mean())
+    out["num_masks"] = len(ious)
+    out["num_images"] = num_images
+    out["skipped"] = skipped
+    out["problems"] = problems[:20]
+    return out
+
+
+def mean_over_datasets(datasets: dict, num_clicks: tuple[int, ...]) -> dict:
+    """Unweighted mean of the per-dataset mIoUs, as the paper averages its 23 datasets."""
+    scored = [d for d in datasets.values() if d["num_masks"] > 0]
+    out = {"miou": {}, "oracle_miou": {}, "num_datasets": len(scored)}
+    for n in num_clicks:
+        k = str(n)
+        if scored:
+            out["miou"][k] = float(np.mean([d["miou"][k] for d in scored]))
+            out["oracle_miou"][k] = float(np.mean([d["oracle_miou"][k] for d in scored]))
+    return out
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def markdown(results: dict, num_clicks: tuple[int, ...]) -> str:
+    """A table per dataset beside the paper's SAM-minus-RITM delta at one click."""
+    ks = [str(n) for n in num_clicks]
+    head = (
+        ["dataset", "masks", "skipped"]
+        + [f"mIoU@{k}" for k in ks]
+        + ["oracle@1", "paper SAM-RITM @1"]
+    )
+    lines = [
+        "# Zero-shot interactive segmentation",
+        "",
+        "mIoU (%) of the most confident mask after N clicks (paper protocol: first click at "
+        "the mask's centre, each next one at the centre of the largest error). `oracle@1`: "
+        "best of the three masks at one click. The last column is the paper's SAM minus "
+        "RITM mIoU at one click (Fig. 9a) for reference; the paper gives no per-dataset "
+        "absolute SAM numbers.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for name, d in results["datasets"].items():
+        spec = registry.lookup(name)
+        delta = f"{spec.paper_delta:+.1f}" if spec else ""
+        row = [name, str(d["num_masks"]), str(d["skipped"])]
+        row += [_pct(d["miou"].get(k)) for k in ks]
+        row += [_pct(d["oracle_miou"].get("1")), delta]
+        lines.append("| " + " | ".join(row) + " |")
+    mean = results["mean_over_datasets"]
+    row = [f"**mean of {mean['num_datasets']}**", "", ""]
+    row += [_pct(mean["miou"].get(k)) for k in ks]
+    row += [_pct(mean["oracle_miou"].get("1")), ""]
+    lines.append("| " + " | ".join(row) + " |")
+    paper = ["paper, SAM ViT-H, mean of 23", "", ""]
+    paper += [
+        f"{registry.PAPER_MEAN_MIOU[int(k)]:.1f}" if int(k) in registry.PAPER_MEAN_MIOU else "-"
+        for k in ks
+    ]
+    paper += ["", ""]
+    lines.append("| " + " | ".join(paper) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict, num_clicks: tuple[int, ...], path) -> None:
+    """mIoU against the number of clicks, one line per dataset (and the mean)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    xs = list(num_clicks)
+    for name, d in results["datasets"].items():
+        if d["num_masks"]:
+            ax.plot(xs, [100 * d["miou"][str(n)] for n in xs], marker="o", lw=1, label=name)
+    mean = results["mean_over_datasets"]
+    if mean["num_datasets"] > 1:
+        ax.plot(xs, [100 * mean["miou"][str(n)] for n in xs], "k-", lw=3, marker="s", label="mean")
+    paper = [(n, v) for n, v in registry.PAPER_MEAN_MIOU.items() if n in xs]
+    if paper:
+        ax.plot(*zip(*paper), "k*", ms=12, ls="none", label="paper mean (SAM ViT-H)")
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_xticks(xs)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=2)

@@ -1,0 +1,369 @@
+"""The evaluation loop: datasets -> subsampling -> click protocol -> incremental outputs.
+
+Output folder:
+- records.jsonl: one line per evaluated mask, appended (and fsynced) once its image is done;
+- progress.jsonl: one line per finished image (its mask and skip counts), written after
+  that image's records, so a record without a progress line belongs to an image that was
+  interrupted and is dropped on resume;
+- results.json, results.md, miou_vs_clicks.png: replaced atomically as results come in;
+- run.json: the settings. Rerunning the same command in the same folder resumes after the
+  last finished image; different settings there are refused unless overwrite is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sam_jax.build import SamModel
+from sam_jax.data.sources import DataError
+from sam_jax.evaluation import interactive, registry, report
+from sam_jax.evaluation.readers import Dataset, Sample
+from sam_jax.predictor import SamPredictor
+
+log = logging.getLogger(__name__)
+
+RECORDS = "records.jsonl"
+PROGRESS = "progress.jsonl"
+RESULTS = "results.json"
+REPORT = "results.md"
+PLOT = "miou_vs_clicks.png"
+RUN = "run.json"
+
+
+@dataclasses.dataclass
+class EvalSettings:
+    datasets: list[str]
+    output_dir: str
+    data_dir: str | None = None
+    num_clicks: tuple[int, ...] = (1, 2, 3, 5, 9)
+    # The paper: datasets with more than 15k masks were subsampled by image to ~10k masks.
+    max_masks_per_dataset: int = 10000
+    subsample_above: int | None = None  # None: 1.5 x max_masks_per_dataset
+    seed: int = 0
+    batch_size: int = 16
+    synthetic_images: int = 20
+    multimask_all_clicks: bool = False
+    fixed_batch_shape: bool = False  # see interactive.evaluate_masks
+    checkpoint: str | None = None
+    model_type: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        self.num_clicks = tuple(sorted({int(n) for n in self.num_clicks}))
+        if not self.num_clicks or self.num_clicks[0] < 1:
+            raise ValueError(f"num_clicks must be positive integers, got {self.num_clicks}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_masks_per_dataset < 1:
+            raise ValueError("max_masks_per_dataset must be >= 1")
+        if not self.datasets:
+            raise ValueError("no datasets given")
+
+    @property
+    def threshold(self) -> int:
+        if self.subsample_above is None or self.subsample_above < 0:
+            return int(1.5 * self.max_masks_per_dataset)
+        return self.subsample_above
+
+    def identity(self) -> dict:
+        """What decides the results (batch size and the output folder do not)."""
+        d = dataclasses.asdict(self)
+        for k in ("output_dir", "batch_size", "overwrite", "data_dir", "fixed_batch_shape"):
+            d.pop(k)
+        d["num_clicks"] = list(self.num_clicks)
+        return d
+
+
+def select_samples(
+    samples: list[Sample], max_masks: int, threshold: int, seed: int, name: str
+) -> tuple[list[Sample], bool]:
+    """The paper's subsampling: when a dataset has more than `threshold` masks, images are
+    picked in a seeded random order until they hold at least `max_masks` masks.
+
+    Returns (samples in dataset order, whether it subsampled). Counting stops as soon as
+    the threshold is passed, so a large dataset is not read in full just to be counted.
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    order = rng.permutation(len(samples))
+    total = 0
+    for idx in order:
+        try:
+            total += samples[idx].count_masks()
+        except Exception:
+            pass  # read again, and counted as skipped, when evaluated
+        if total > threshold:
+            break
+    else:
+        return list(samples), False
+    chosen, total = [], 0
+    for idx in order:
+        if total >= max_masks:
+            break
+        chosen.append(int(idx))
+        try:
+            total += samples[idx].count_masks()
+        except Exception:
+            pass
+    return [samples[i] for i in sorted(chosen)], True
+
+
+@dataclasses.dataclass
+class _DatasetState:
+    ious: list = dataclasses.field(default_factory=list)
+    oracle: list = dataclasses.field(default_factory=list)
+    images: int = 0
+    skipped: int = 0
+    problems: list = dataclasses.field(default_factory=list)
+
+    def skip(self, n: int, messages: list[str]) -> None:
+        self.skipped += n
+        self.problems.extend(messages[: max(0, 20 - len(self.problems))])
+
+
+class _Outputs:
+    """The files of one run, with resume."""
+
+    def __init__(self, settings: EvalSettings):
+        self.dir = Path(settings.output_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.settings = settings
+        run_file = self.dir / RUN
+        identity = settings.identity()
+        if run_file.exists() and not settings.overwrite:
+            try:
+                previous = json.loads(run_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                previous = None
+            if previous != identity:
+                raise ValueError(
+                    f"{self.dir} holds a run with other settings ({run_file}); use another "
+                    "--output_dir or pass --overwrite"
+                )
+        elif settings.overwrite:
+            for name in (RECORDS, PROGRESS, RESULTS, REPORT, PLOT):
+                (self.dir / name).unlink(missing_ok=True)
+        report.write_atomic(run_file, json.dumps(identity, indent=2))
+        self.done: dict[tuple[str, str], dict] = {}
+        self.previous_records: dict[str, list[dict]] = {}
+        self._load_previous()
+        self._records = open(self.dir / RECORDS, "a", encoding="utf-8")
+        self._progress = open(self.dir / PROGRESS, "a", encoding="utf-8")
+
+    def _load_previous(self):
+        for line in _read_lines(self.dir / PROGRESS):
+            self.done[(line["dataset"], line["image_id"])] = line
+        kept = []
+        for rec in _read_lines(self.dir / RECORDS):
+            if (rec.get("dataset"), rec.get("image_id")) in self.done:
+                kept.append(rec)
+                self.previous_records.setdefault(rec["dataset"], []).append(rec)
+        # Drop records of an interrupted image (and a torn last line) before appending.
+        report.write_atomic(self.dir / RECORDS, "".join(json.dumps(r) + "\n" for r in kept))
+        report.write_atomic(
+            self.dir / PROGRESS, "".join(json.dumps(p) + "\n" for p in self.done.values())
+        )
+
+    def add_image(self, dataset: str, image_id: str, records: list[dict], skipped: int, problems):
+        self._records.write("".join(json.dumps(r) + "\n" for r in records))
+        self._records.flush()
+        os.fsync(self._records.fileno())
+        line = {
+            "dataset": dataset,
+            "image_id": image_id,
+            "masks": len(records),
+            "skipped": skipped,
+            "problems": problems[:5],
+        }
+        self._progress.write(json.dumps(line) + "\n")
+        self._progress.flush()
+        os.fsync(self._progress.fileno())
+        self.done[(dataset, image_id)] = line
+
+    def close(self):
+        self._records.close()
+        self._progress.close()
+
+
+def _read_lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash
+    return out
+
+
+def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
+    """Index every requested dataset before any model work, so a missing folder fails the
+    run at once rather than after hours on the datasets before it."""
+    opened: dict[str, Dataset] = {}
+    entries = []
+    for e in settings.datasets:
+        e = e.strip()
+        if e.lower() == "all":
+            entries.extend(registry.DATASETS)
+        elif e:
+            entries.append(e)
+    for entry in entries:
+        name, dataset = registry.open_dataset(entry, settings.data_dir, settings.synthetic_images)
+        if name in opened:
+            continue
+        if not dataset.samples and not dataset.skipped:
+            raise DataError(f"{name}: no annotated images found")
+        # Records and resume are keyed by image id: make ids unique within the dataset.
+        seen: dict[str, int] = {}
+        for sample in dataset.samples:
+            n = seen[sample.image_id] = seen.get(sample.image_id, 0) + 1
+            if n > 1:
+                sample.image_id = f"{sample.image_id}#{n}"
+        opened[name] = dataset
+    return opened
+
+
+def run_evaluation(
+    settings: EvalSettings, model: SamModel, predictor: SamPredictor | None = None
+) -> dict:
+    """Evaluate `model` on the datasets of `settings`; returns the results.json content.
+
+    predictor: an existing `SamPredictor` of `model` to reuse (its compiled functions).
+    """
+    datasets = open_datasets(settings)
+    outputs = _Outputs(settings)
+    if predictor is None:
+        predictor = SamPredictor(model, max_batch=settings.batch_size)
+    elif predictor.model is not model:
+        raise ValueError("predictor belongs to another model")
+    max_clicks = max(settings.num_clicks)
+    states: dict[str, _DatasetState] = {}
+    results: dict = {}
+    last_write = 0.0
+    try:
+        for name, dataset in datasets.items():
+            state = states[name] = _DatasetState()
+            state.skip(dataset.skipped, dataset.problems)
+            for rec in outputs.previous_records.get(name, []):
+                state.ious.append(rec["ious"])
+                state.oracle.append(rec["oracle_ious"])
+            samples, subsampled = select_samples(
+                dataset.samples,
+                settings.max_masks_per_dataset,
+                settings.threshold,
+                settings.seed,
+                name,
+            )
+            if subsampled:
+                log.info("%s: subsampled to %d images", name, len(samples))
+            bar = tqdm(samples, desc=name, unit="img", dynamic_ncols=True)
+            for sample in bar:
+                done = outputs.done.get((name, sample.image_id))
+                if done is not None:
+                    state.images += 1
+                    state.skip(done.get("skipped", 0), done.get("problems", []))
+                    continue
+                records, skipped, problems = _evaluate_sample(
+                    predictor, sample, name, max_clicks, settings
+                )
+                outputs.add_image(name, sample.image_id, records, skipped, problems)
+                state.images += 1
+                state.skip(skipped, problems)
+                for r in records:
+                    state.ious.append(r["ious"])
+                    state.oracle.append(r["oracle_ious"])
+                if state.ious:
+                    bar.set_postfix(
+                        masks=len(state.ious), miou1=f"{np.mean([i[0] for i in state.ious]):.3f}"
+                    )
+                if time.monotonic() - last_write > 10:
+                    results = _write_results(outputs.dir, states, settings, final=False)
+                    last_write = time.monotonic()
+            bar.close()
+            results = _write_results(outputs.dir, states, settings, final=False)
+        results = _write_results(outputs.dir, states, settings, final=True)
+    finally:
+        outputs.close()
+    return results
+
+
+def _evaluate_sample(predictor, sample: Sample, dataset: str, max_clicks: int, settings):
+    """(records, skipped count, problem messages) for one image. Reading problems become
+    skips; errors of the model itself propagate."""
+    try:
+        image = sample.read_image()
+        annotations = sample.read_masks()
+    except Exception as e:  # any unreadable input is a skip, never the end of the run
+        message = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
+        log.warning("%s: skipping image %s: %s", dataset, sample.image_id, message)
+        return [], 1, [f"{sample.image_id}: {message}"]
+    problems = list(annotations.problems)
+    pairs = []
+    for ann_id, mask in annotations.instances:
+        if mask.shape != image.shape[:2]:
+            problems.append(
+                f"{sample.image_id} annotation {ann_id}: mask {mask.shape} vs image "
+                f"{image.shape[:2]}"
+            )
+            continue
+        pairs.append((ann_id, mask))
+    if not pairs:
+        return [], len(problems), problems
+    predictor.set_image(image)
+    results = interactive.evaluate_masks(
+        predictor,
+        [m for _, m in pairs],
+        [a for a, _ in pairs],
+        max_clicks,
+        batch_size=settings.batch_size,
+        multimask_all_clicks=settings.multimask_all_clicks,
+        fixed_batch_shape=settings.fixed_batch_shape,
+    )
+    records = [
+        {
+            "dataset": dataset,
+            "image_id": sample.image_id,
+            "annotation_id": r.annotation_id,
+            "clicks": [list(c) for c in r.clicks],
+            "ious": r.ious,
+            "oracle_ious": r.oracle_ious,
+        }
+        for r in results
+    ]
+    return records, len(problems), problems
+
+
+def _write_results(out_dir: Path, states, settings: EvalSettings, final: bool) -> dict:
+    datasets = {
+        name: report.dataset_summary(
+            s.ious, s.oracle, settings.num_clicks, s.images, s.skipped, s.problems
+        )
+        for name, s in states.items()
+    }
+    for name, d in datasets.items():
+        spec = registry.lookup(name)
+        d["paper_sam_minus_ritm"] = spec.paper_delta if spec else None
+    results = {
+        "datasets": datasets,
+        "mean_over_datasets": report.mean_over_datasets(datasets, settings.num_clicks),
+        "complete": final,
+        "settings": settings.identity(),
+    }
+    report.write_atomic(out_dir / RESULTS, report.dumps(results))
+    report.write_atomic(out_dir / REPORT, report.markdown(results, settings.num_clicks))
+    if final:
+        try:
+            report.plot(results, settings.num_clicks, out_dir / PLOT)
+        except Exception as e:  # a plotting problem must not cost the run its results
+            log.warning("could not draw %s: %s", PLOT, e)
+    return results
