@@ -1,14 +1,22 @@
-"""Config for SAM vit_l.
+"""SAM ViT-L training with the paper's recipe (appendix A): lr 4e-4, layer decay 0.8,
+drop path 0.4 (iterations, batch and schedule as for ViT-H: 90k, 256, decay at 60k/86,666).
 
-python train.py --config=configs/vit_l.py   (training sections arrive with the training issue)
+    python train.py --config=configs/vit_l.py --workdir=WORKDIR \
+        --config.data.path=/data/sa1b --config.init_from=mae:mae_pretrain_vit_large.pth
+
+Memory knobs: --config.model.remat (on by default here) and --config.model.dtype=bfloat16.
+`model` stays a full model config, so `get_config().model` builds the network.
 """
 
 import ml_collections
 
-from sam_jax.model_configs import model_config
+from sam_jax.train_config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.model = model_config("vit_l")
-    return config
+    c = base_config("vit_l")
+    c.optimizer.lr = 4e-4
+    c.optimizer.layer_decay = 0.8
+    c.model.drop_path_rate = 0.4
+    c.model.remat = True
+    return c

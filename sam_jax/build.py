@@ -33,11 +33,20 @@ class SamModel:
 def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> SamModel:
     """Build a model of `model_type`.
 
-    checkpoint: None (random init seeded by `seed`), a PyTorch `.pth` state dict, or a
-    directory written by `python -m sam_jax.convert`. `overrides` change model config keys
+    checkpoint: None (random init seeded by `seed`), a PyTorch `.pth` state dict, a
+    directory written by `python -m sam_jax.convert`, or a training workdir (`train.py
+    --workdir`; its newest finished checkpoint). `overrides` change model config keys
     that do not affect the parameters (e.g. dtype="bfloat16", attention_impl="cudnn").
     """
-    if checkpoint is not None and ckpt.is_converted_checkpoint(checkpoint):
+    from sam_jax.training import checkpoints as train_ckpt
+
+    if checkpoint is not None and train_ckpt.is_training_workdir(checkpoint):
+        config, params = train_ckpt.load_params_from_workdir(checkpoint)
+        if config.model_type != model_type:
+            raise ckpt.CheckpointError(
+                f"{checkpoint} holds a {config.model_type!r} model, not {model_type!r}"
+            )
+    elif checkpoint is not None and ckpt.is_converted_checkpoint(checkpoint):
         config, params = ckpt.load_converted(checkpoint)
         if config.model_type != model_type:
             raise ckpt.CheckpointError(

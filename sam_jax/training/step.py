@@ -156,6 +156,8 @@ def train_step(state: TrainState, batch, key, *, module: Sam, tx, schedule, conf
     (_, metrics), grads = grad_fn(state.params, module, batch, key, config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    # A finite loss with a non-finite update would still poison the next checkpoint.
+    metrics["update_norm"] = optax.tree.norm(updates)
     metrics["lr"] = schedule(state.step)
     return TrainState(state.step + 1, params, opt_state), metrics

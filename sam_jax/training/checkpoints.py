@@ -1,0 +1,194 @@
+"""Training checkpoints: orbax steps under `<workdir>/checkpoints/` (TrainState + the data
+iterator's state) and `<workdir>/sam_config.json`, plus initial weights for a run
+(`init_from`: a SAM checkpoint for fine-tuning or an MAE-pretrained ViT for the encoder).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from sam_jax import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def is_training_workdir(path) -> bool:
+    path = Path(path)
+    return (path / ckpt.CONFIG_FILE).is_file() and (path / CHECKPOINT_DIR).is_dir()
+
+
+def make_manager(workdir, keep: int = 3, async_save: bool = True) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        create=True,
+        enable_async_checkpointing=async_save,
+    )
+    return ocp.CheckpointManager(Path(workdir).absolute() / CHECKPOINT_DIR, options=options)
+
+
+def write_model_config(workdir, model_config: ml_collections.ConfigDict) -> None:
+    path = Path(workdir) / ckpt.CONFIG_FILE
+    path.write_text(json.dumps(model_config.to_dict(), indent=2, default=list))
+
+
+def load_params_from_workdir(workdir, step: int | None = None):
+    """(model config, params) of the newest finished checkpoint of a training workdir.
+
+    Only the `params` of the TrainState are read (no optimizer state), onto the default
+    device. Unfinished (interrupted) saves are invisible to orbax and never chosen.
+    """
+    workdir = Path(workdir).absolute()
+    if not is_training_workdir(workdir):
+        raise ckpt.CheckpointError(
+            f"{workdir} is not a training workdir (expected {ckpt.CONFIG_FILE} and "
+            f"{CHECKPOINT_DIR}/ inside)"
+        )
+    config = ckpt.load_config(workdir)
+    with ocp.CheckpointManager(workdir / CHECKPOINT_DIR) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise ckpt.CheckpointError(f"{workdir / CHECKPOINT_DIR} holds no finished checkpoint")
+        target = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), ckpt.abstract_params(config)
+        )
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item={"params": target},
+                    restore_args={
+                        "params": jax.tree_util.tree_map(
+                            lambda x: ocp.ArrayRestoreArgs(
+                                sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
+                                global_shape=x.shape,
+                                dtype=x.dtype,
+                            ),
+                            target,
+                        )
+                    },
+                    partial_restore=True,
+                )
+            ),
+        )
+    return config, restored["state"]["params"]
+
+
+# ---------------------------------------------------------------------------- init_from
+_MAE_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_MAE_BLOCK_PARTS = {
+    "norm1.weight": ("norm1", "scale"),
+    "norm1.bias": ("norm1", "bias"),
+    "attn.qkv.weight": ("attn", "qkv", "kernel"),
+    "attn.qkv.bias": ("attn", "qkv", "bias"),
+    "attn.proj.weight": ("attn", "proj", "kernel"),
+    "attn.proj.bias": ("attn", "proj", "bias"),
+    "norm2.weight": ("norm2", "scale"),
+    "norm2.bias": ("norm2", "bias"),
+    "mlp.fc1.weight": ("mlp", "lin1", "kernel"),
+    "mlp.fc1.bias": ("mlp", "lin1", "bias"),
+    "mlp.fc2.weight": ("mlp", "lin2", "kernel"),
+    "mlp.fc2.bias": ("mlp", "lin2", "bias"),
+}
+
+
+def _resize_pos_embed(pos: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(1, [1 +] N, C) ViT table -> (1, h, w, C) at the encoder's grid (cls token dropped)."""
+    import jax.numpy as jnp
+
+    pos = np.asarray(pos, np.float32)
+    n = pos.shape[1]
+    side = int(round(np.sqrt(n)))
+    if side * side != n:
+        pos, side = pos[:, 1:], int(round(np.sqrt(n - 1)))
+        if side * side != n - 1:
+            raise ckpt.CheckpointError(f"MAE pos_embed with {n} tokens is not a square grid")
+    table = pos.reshape(1, side, side, -1)
+    if (side, side) != tuple(grid):
+        table = np.asarray(
+            jax.image.resize(
+                jnp.asarray(table), (1, *grid, table.shape[-1]), "bicubic", antialias=False
+            )
+        )
+    return table
+
+
+def mae_to_encoder(state_dict, params: dict, depth: int) -> tuple[dict, list[str]]:
+    """Copy an MAE/timm ViT state dict into `params["image_encoder"]` -> (params, unused keys).
+
+    Blocks beyond the checkpoint's depth, the neck and relative position tables keep their
+    fresh initialisation; a shape mismatch is an error.
+    """
+    flat = flax.traverse_util.flatten_dict(params)
+    used, problems = set(), []
+    enc = ("image_encoder",)
+
+    def put(path, value, key):
+        path = enc + path
+        if path not in flat:
+            problems.append(f"{key}: no parameter {'/'.join(path)}")
+            return
+        value = ckpt._to_flax_layout(path, ckpt._to_numpy(value))
+        if value.shape != flat[path].shape:
+            problems.append(f"{key}: shape {value.shape}, model expects {flat[path].shape}")
+            return
+        flat[path] = np.asarray(value, np.float32)
+        used.add(key)
+
+    for key, value in state_dict.items():
+        if key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
+            put(("patch_embed", "proj", "kernel" if key.endswith("weight") else "bias"), value, key)
+        elif key == "pos_embed":
+            grid = flat.get(enc + ("pos_embed",))
+            if grid is None:
+                continue
+            put(("pos_embed",), _resize_pos_embed(ckpt._to_numpy(value), grid.shape[1:3]), key)
+        else:
+            m = _MAE_BLOCK.match(key)
+            if m and m.group(2) in _MAE_BLOCK_PARTS and int(m.group(1)) < depth:
+                put((f"blocks_{m.group(1)}", *_MAE_BLOCK_PARTS[m.group(2)]), value, key)
+    if problems:
+        raise ckpt.CheckpointError("MAE checkpoint does not fit:\n  " + "\n  ".join(problems))
+    unused = sorted(set(state_dict) - used)
+    return flax.traverse_util.unflatten_dict(flat), unused
+
+
+def initial_params(config: ml_collections.ConfigDict) -> dict:
+    """Host (numpy-backed) parameters for the start of a run, from `config.init_from`."""
+    model = config.model
+    params = ckpt.init_params(model, config.seed)
+    source = str(config.init_from or "")
+    if not source:
+        return params
+    if source.startswith("mae:"):
+        path = source[len("mae:") :]
+        state_dict = ckpt.load_torch_state_dict(path)
+        params, unused = mae_to_encoder(state_dict, params, model.encoder_depth)
+        log.info("initialised the image encoder from MAE %s", path)
+        if unused:
+            log.warning("%d MAE key(s) not used: %s", len(unused), ", ".join(unused))
+        return params
+    if is_training_workdir(source):
+        loaded_config, loaded = load_params_from_workdir(source)
+    elif ckpt.is_converted_checkpoint(source):
+        loaded_config, loaded = ckpt.load_converted(source)
+    else:
+        loaded_config = model
+        loaded = ckpt.convert_state_dict(ckpt.load_torch_state_dict(source), model)
+    if loaded_config.model_type != model.model_type:
+        raise ckpt.CheckpointError(
+            f"init_from {source} is a {loaded_config.model_type!r} model, config wants "
+            f"{model.model_type!r}"
+        )
+    log.info("initialised all parameters from %s", source)
+    return jax.tree_util.tree_map(np.asarray, loaded)

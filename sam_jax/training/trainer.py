@@ -1,0 +1,476 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+config -> mesh -> sharded TrainState (fresh, `init_from`, or resumed from the newest
+checkpoint in `<workdir>/checkpoints`) -> grain batches as global arrays -> jitted
+`train_step` -> metrics (`metrics.jsonl`, TensorBoard in `tb/`, a progress bar), checkpoints,
+and at the end a quick held-out click evaluation (`eval.json`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+
+from sam_jax import sharding as shd
+from sam_jax.checkpoint import abstract_params
+from sam_jax.data import synthetic
+from sam_jax.data.decode import ExampleSpec
+from sam_jax.data.pipeline import make_dataset
+from sam_jax.model_configs import build_sam
+from sam_jax.training import checkpoints
+from sam_jax.training.optimizer import make_optimizer
+from sam_jax.training.step import TrainState, train_step
+
+log = logging.getLogger(__name__)
+
+PREEMPTED = "preempted"
+FINISHED = "finished"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN/Inf loss; the last checkpoint on disk is still good."""
+
+
+# ---------------------------------------------------------------------------- data
+def make_source(config: ml_collections.ConfigDict, workdir: Path):
+    """The training data source named by `config.data`."""
+    from sam_jax.data import sources
+
+    d = config.data
+    if d.source == "synthetic":
+        root = Path(d.path) if d.path else workdir / "data"
+        done = root / "COMPLETE"
+        # Written once and marked complete, so a restarted run reads identical data.
+        if jax.process_index() == 0 and not done.exists():
+            log.info("writing %d synthetic training images to %s", d.synthetic_images, root)
+            synthetic.write_sa1b(
+                root, d.synthetic_images, seed=config.seed, size=tuple(d.synthetic_size)
+            )
+            done.write_text("ok\n")
+        _sync("synthetic-data")
+        return sources.SA1BTarSource(root)
+    if d.source == "sa1b":
+        root = Path(d.path)
+        if root.is_dir() and not any(root.glob("*.tar")):
+            return sources.SA1BDirectorySource(root)
+        return sources.SA1BTarSource(root)
+    if d.source == "coco":
+        ann, images = d.path.split(":", 1)
+        return sources.CocoSource(ann, images)
+    if d.source == "tfds":
+        return sources.TfdsSource(data_dir=d.path or None)
+    raise ValueError(f"unknown data.source {d.source!r} (sa1b | coco | tfds | synthetic)")
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------------------- sharding
+def _opt_state_shardings(abstract_opt_state, param_shardings, mesh):
+    """Optimizer-state leaves shaped like a parameter get that parameter's sharding (matched
+    by the trailing dict keys of their path); everything else is replicated."""
+    by_path = flax.traverse_util.flatten_dict(param_shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def pick(path, leaf):
+        names = tuple(getattr(k, "key", None) for k in path)
+        for start in range(len(names)):
+            tail = names[start:]
+            if tail in by_path and None not in tail:
+                spec = by_path[tail].spec
+                if len(spec) <= len(getattr(leaf, "shape", ())):
+                    return by_path[tail]
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def _put_global(value, sharding):
+    """A host array (identical on every process) -> a global array with `sharding`."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+
+
+class Trainer:
+    """Everything the loop needs, built from a config; also used by tests and benchmarks."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh=None):
+        self.config = config
+        m = config.mesh
+        self.mesh = mesh if mesh is not None else shd.make_mesh(m.data, m.fsdp, m.tensor)
+        self.module = build_sam(config.model)
+        abstract = abstract_params(config.model)
+        self.tx, self.schedule = make_optimizer(config, abstract, config.model.encoder_depth)
+        self.param_shardings = shd.param_shardings(abstract, self.mesh)
+        abstract_opt = jax.eval_shape(self.tx.init, abstract)
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.state_shardings = TrainState(
+            step=replicated,
+            params=self.param_shardings,
+            opt_state=_opt_state_shardings(abstract_opt, self.param_shardings, self.mesh),
+        )
+        self.abstract_state = jax.tree_util.tree_map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            TrainState(jax.ShapeDtypeStruct((), jnp.int32), abstract, abstract_opt),
+            self.state_shardings,
+        )
+        self.replicated = replicated
+        self.batch_shardings = {
+            "image": shd.batch_sharding(self.mesh, 4),
+            "input_size": shd.batch_sharding(self.mesh, 2),
+            "masks": shd.batch_sharding(self.mesh, 4),
+            "mask_valid": shd.batch_sharding(self.mesh, 2),
+        }
+        self.step_fn = jax.jit(
+            functools.partial(
+                train_step, module=self.module, tx=self.tx, schedule=self.schedule, config=config
+            ),
+            in_shardings=(self.state_shardings, self.batch_shardings, replicated),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+
+    def init_state(self, params) -> TrainState:
+        """Sharded TrainState from host params (the optimizer state is created sharded)."""
+        params = jax.tree_util.tree_map(_put_global, params, self.param_shardings)
+        opt_state = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+        step = _put_global(np.int32(0), self.replicated)
+        return TrainState(step, params, opt_state)
+
+    def global_batch(self, local_batch: dict) -> dict:
+        return {
+            k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+            for k, v in local_batch.items()
+        }
+
+
+# ---------------------------------------------------------------------------- observability
+class _MetricWriter:
+    def __init__(self, workdir: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tb"))
+        except ImportError:
+            log.warning("tensorboardX not installed: no TensorBoard scalars")
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.tb is not None:
+            step = record["step"]
+            for k, v in record.items():
+                if k == "step":
+                    continue
+                if isinstance(v, list):
+                    for i, x in enumerate(v):
+                        self.tb.add_scalar(f"{k}/{i}", x, step)
+                elif isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+class _Progress:
+    """tqdm with ETA on a terminal; plain log lines otherwise."""
+
+    def __init__(self, start: int, total: int, enabled: bool):
+        self.bar = None
+        if enabled and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+        self.enabled = enabled
+
+    def update(self, n: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def report(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        text = (
+            f"step {record['step']}: loss {record['loss']:.4f} "
+            f"iou(first/last round) {record['round_iou'][0]:.3f}/{record['round_iou'][-1]:.3f} "
+            f"lr {record['lr']:.2e} {record['images_per_sec']:.1f} img/s"
+        )
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {record['loss']:.3f}")
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _finite(record: dict) -> bool:
+    return all(math.isfinite(record[k]) for k in ("loss", "grad_norm", "update_norm"))
+
+
+def _to_record(step: int, metrics: dict) -> dict:
+    out = {"step": step}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        out[k] = v.tolist() if v.ndim else v.item()
+    return out
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _save(mngr, step: int, state: TrainState, it, force: bool = False) -> None:
+    data_state = it.get_state()
+    items = {"state": ocp.args.StandardSave(state)}
+    if jax.process_count() == 1:
+        items["data"] = ocp.args.JsonSave(data_state)
+    else:
+        # orbax writes JSON items from the primary process only; every process keeps its own.
+        path = Path(mngr.directory) / "data_state" / f"{step}.p{jax.process_index()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data_state))
+    mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def _restore(mngr, step: int, trainer: Trainer, it):
+    items = {"state": ocp.args.StandardRestore(trainer.abstract_state)}
+    if jax.process_count() == 1:
+        items["data"] = ocp.args.JsonRestore()
+    restored = mngr.restore(step, args=ocp.args.Composite(**items))
+    if jax.process_count() == 1:
+        data_state = restored["data"]
+    else:
+        path = Path(mngr.directory) / "data_state" / f"{step}.p{jax.process_index()}.json"
+        data_state = json.loads(path.read_text())
+    it.set_state(data_state)
+    return restored["state"]
+
+
+# ---------------------------------------------------------------------------- the loop
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
+    """Train (resuming from `<workdir>/checkpoints` when possible), then evaluate.
+
+    Returns {"status": "finished" | "preempted", "step": int, "eval": dict | None}.
+    Raises NonFiniteLossError when the loss becomes NaN/Inf (nothing is saved after it).
+    """
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
+    if config.batch_size % jax.process_count():
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes"
+        )
+    trainer = Trainer(config)
+    mesh = trainer.mesh
+    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % batch_ways:
+        raise ValueError(
+            f"batch_size {config.batch_size} is not divisible by data x fsdp = {batch_ways}"
+        )
+    if primary:
+        checkpoints.write_model_config(workdir, config.model)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    source = make_source(config, workdir)
+    spec = ExampleSpec(
+        image_size=config.model.image_size,
+        low_res_size=4 * (config.model.image_size // config.model.patch_size),
+        max_masks=config.train.masks_per_image,
+        max_area_fraction=config.data.max_area_fraction,
+    )
+    ds = make_dataset(
+        source,
+        spec,
+        batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed,
+        num_threads=config.data.num_threads,
+    )
+    it = iter(ds)
+
+    mngr = checkpoints.make_manager(workdir, keep=config.keep_checkpoints)
+    stop = {"signal": None}
+    previous_handler = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    writer = _MetricWriter(workdir, primary)
+    progress = None
+    status = FINISHED
+    try:
+        with jax.set_mesh(mesh):
+            latest = mngr.latest_step()
+            if latest is not None:
+                state = _restore(mngr, latest, trainer, it)
+                log.info("resumed from %s at step %d", mngr.directory, latest)
+                if primary:
+                    print(f"resuming from checkpoint at step {latest}", flush=True)
+            else:
+                state = trainer.init_state(checkpoints.initial_params(config))
+            start = int(jax.device_get(state.step))
+            key = jax.random.key(config.seed)
+            progress = _Progress(start, config.num_train_steps, primary)
+            last_saved = latest
+            t0, t0_step = time.perf_counter(), start
+            for step in range(start, config.num_train_steps):
+                if stop["signal"] is not None:
+                    break
+                batch = trainer.global_batch(next(it))
+                state, metrics = trainer.step_fn(state, batch, key)
+                done = step + 1
+                progress.update()
+                log_now = done % config.log_every_steps == 0 or done == config.num_train_steps
+                save_now = (
+                    done % config.checkpoint_every_steps == 0 or done == config.num_train_steps
+                )
+                if log_now or save_now:
+                    record = _to_record(done, metrics)
+                    if not _finite(record):
+                        raise NonFiniteLossError(
+                            f"loss {record['loss']} / update norm {record['update_norm']} at "
+                            f"step {done}; stopping. The last good checkpoint (step "
+                            f"{last_saved}) in {mngr.directory} is untouched."
+                        )
+                    if log_now:
+                        elapsed = time.perf_counter() - t0
+                        record["images_per_sec"] = (
+                            (done - t0_step) * config.batch_size / max(elapsed, 1e-9)
+                        )
+                        record["skipped_examples"] = ds.skip_counter.skipped
+                        writer.write(record)
+                        progress.report(record)
+                        t0, t0_step = time.perf_counter(), done
+                    if save_now:
+                        _save(mngr, done, state, it)
+                        last_saved = done
+            step_now = int(jax.device_get(state.step))
+            if stop["signal"] is not None:
+                status = PREEMPTED
+                record = _to_record(step_now, metrics) if step_now > start else None
+                if record is not None and not _finite(record):
+                    raise NonFiniteLossError(
+                        f"loss {record['loss']} at step {step_now}; the last good checkpoint "
+                        f"(step {last_saved}) is untouched"
+                    )
+                if last_saved != step_now:
+                    _save(mngr, step_now, state, it, force=True)
+                mngr.wait_until_finished()
+                if primary:
+                    print(
+                        f"received signal {stop['signal']}: saved a checkpoint at step "
+                        f"{step_now} in {mngr.directory}; re-run the same command to resume",
+                        flush=True,
+                    )
+                return {"status": status, "step": step_now, "eval": None}
+            mngr.wait_until_finished()
+            params = state.params
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        if progress is not None:
+            progress.close()
+        writer.close()
+        mngr.close()
+
+    result = None
+    if config.eval.synthetic_images > 0:
+        params = jax.device_get(params)
+        if primary:
+            result = evaluate_held_out(config, params)
+            (workdir / "eval.json").write_text(json.dumps(result, indent=2))
+            clicks = ", ".join(f"{k} click(s) {v:.3f}" for k, v in result["miou"].items())
+            print(f"held-out synthetic mIoU ({result['num_masks']} masks): {clicks}", flush=True)
+    return {"status": status, "step": step_now, "eval": result}
+
+
+# ---------------------------------------------------------------------------- held-out eval
+def _click(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float, int]:
+    """Next click of the usual protocol: the interior-most pixel of the larger error region
+    (false negative -> positive click, false positive -> negative)."""
+    from scipy import ndimage
+
+    fn, fp = gt & ~pred, pred & ~gt
+    dfn = ndimage.distance_transform_edt(np.pad(fn, 1))[1:-1, 1:-1]
+    dfp = ndimage.distance_transform_edt(np.pad(fp, 1))[1:-1, 1:-1]
+    positive = dfn.max() >= dfp.max()
+    dist = dfn if positive else dfp
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return float(x), float(y), int(positive)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
+    """Interactive mIoU after k clicks on synthetic images drawn with another seed.
+
+    First click at the mask's interior-most pixel with three outputs, scored by the
+    highest predicted IoU; later clicks add to the prompt, with the previous low-res logits
+    as mask input and the single output.
+    """
+    from sam_jax.build import SamModel
+    from sam_jax.predictor import SamPredictor
+
+    e = config.eval
+    num_clicks = sorted(int(k) for k in e.num_clicks)
+    model = SamModel(build_sam(config.model), params, config.model)
+    predictor = SamPredictor(model)
+    seed = config.seed + 1_000_003
+    ious = {k: [] for k in num_clicks}
+    for index in range(e.synthetic_images):
+        image, masks = synthetic.make_example(index, seed, tuple(config.data.synthetic_size))
+        predictor.set_image(image)
+        for gt in masks:
+            points, labels, mask_input = [], [], None
+            pred = np.zeros_like(gt)
+            for k in range(1, num_clicks[-1] + 1):
+                x, y, label = _click(gt, pred)
+                points.append((x, y))
+                labels.append(label)
+                out, scores, low = predictor.predict(
+                    np.array(points, np.float32),
+                    np.array(labels, np.int32),
+                    mask_input=mask_input,
+                    multimask_output=k == 1,
+                )
+                best = int(np.argmax(scores))
+                pred, mask_input = out[best], low[best : best + 1]
+                if k in ious:
+                    ious[k].append(_iou(pred, gt))
+    return {
+        "num_images": e.synthetic_images,
+        "num_masks": len(ious[num_clicks[0]]),
+        "seed": seed,
+        "miou": {str(k): float(np.mean(v)) for k, v in ious.items()},
+    }

@@ -1,0 +1,222 @@
+"""The training loop end to end on a shrunk tiny config: one run, resume, NaN guard,
+SIGTERM, MAE initialisation, and (in a subprocess with 8 fake CPU devices) sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from configs import tiny  # noqa: E402
+from sam_jax.training import checkpoints  # noqa: E402
+from sam_jax.training import trainer as trainer_lib  # noqa: E402
+
+
+def small_config(steps: int = 2):
+    c = tiny.get_config()
+    c.num_train_steps = steps
+    c.batch_size = 2
+    c.log_every_steps = 1
+    c.checkpoint_every_steps = 1000
+    c.optimizer.warmup_steps = 1
+    c.train.masks_per_image = 2
+    c.train.num_iterations = 2
+    c.train.num_point_rounds = 0
+    c.data.synthetic_images = 8
+    c.data.num_threads = 1
+    c.eval.synthetic_images = 1
+    c.eval.num_clicks = (1, 2)
+    return c
+
+
+def _losses(workdir) -> list[float]:
+    lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["loss"] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def one_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = trainer_lib.train_and_evaluate(small_config(4), workdir)
+    return workdir, result
+
+
+def test_end_to_end(one_run):
+    workdir, result = one_run
+    assert result["status"] == "finished" and result["step"] == 4
+    records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for key in ("loss", "focal", "dice", "iou_mse", "lr", "grad_norm", "images_per_sec"):
+        assert np.isfinite(records[-1][key])
+    assert len(records[-1]["round_iou"]) == 2
+    assert records[-1]["skipped_examples"] == 0
+    assert any((workdir / "tb").iterdir())
+    ev = json.loads((workdir / "eval.json").read_text())
+    assert set(ev["miou"]) == {"1", "2"}
+    # the workdir loads for inference
+    from sam_jax.build import load_sam
+
+    model = load_sam("tiny", checkpoint=workdir)
+    assert model.image_size == 128
+    _, params = checkpoints.load_params_from_workdir(workdir)
+    assert params["image_encoder"]["pos_embed"].shape[1] == 8
+
+
+def test_resume_is_identical(one_run, tmp_path):
+    straight, _ = one_run
+    c = small_config(2)
+    c.checkpoint_every_steps = 2
+    trainer_lib.train_and_evaluate(c, tmp_path)
+    c = small_config(4)
+    c.checkpoint_every_steps = 2
+    result = trainer_lib.train_and_evaluate(c, tmp_path)
+    assert result["step"] == 4
+    resumed = _losses(tmp_path)
+    np.testing.assert_allclose(resumed, _losses(straight), rtol=1e-5)
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
+    c = small_config(2)
+    c.checkpoint_every_steps = 1
+    trainer_lib.train_and_evaluate(c, tmp_path)
+    c = small_config(4)
+    c.checkpoint_every_steps = 1
+    c.optimizer.lr = float("nan")  # NaN params after one more step -> NaN loss
+    with pytest.raises(trainer_lib.NonFiniteLossError, match="last good checkpoint"):
+        trainer_lib.train_and_evaluate(c, tmp_path)
+    mngr = checkpoints.make_manager(tmp_path)
+    assert mngr.latest_step() == 2
+    mngr.close()
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from configs import tiny
+        from tests.test_train import small_config
+        from sam_jax.training import trainer, step as step_lib
+        original = step_lib.train_step
+        calls = []
+        def wrapped(*a, **k):
+            calls.append(1)
+            return original(*a, **k)
+        c = small_config(50)
+        c.eval.synthetic_images = 0
+        # send SIGTERM to ourselves after the first logged step
+        orig_report = trainer._Progress.report
+        def report(self, record):
+            orig_report(self, record)
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        trainer._Progress.report = report
+        out = trainer.train_and_evaluate(c, {str(tmp_path)!r})
+        print("RESULT", out["status"], out["step"])
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RESULT preempted 2" in proc.stdout
+    assert "saved a checkpoint at step 2" in proc.stdout
+    mngr = checkpoints.make_manager(tmp_path)
+    assert mngr.latest_step() == 2
+    mngr.close()
+
+
+def test_mae_init(tmp_path):
+    import torch
+
+    from sam_jax.checkpoint import init_params
+
+    c = small_config()
+    params = init_params(c.model, 0)
+    dim = c.model.encoder_embed_dim
+    rng = np.random.default_rng(0)
+
+    def t(*shape):
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+    sd = {
+        "cls_token": t(1, 1, dim),
+        "pos_embed": t(1, 1 + 14 * 14, dim),
+        "patch_embed.proj.weight": t(dim, 3, 16, 16),
+        "patch_embed.proj.bias": t(dim),
+        "norm.weight": t(dim),
+        "blocks.0.attn.qkv.weight": t(3 * dim, dim),
+        "blocks.0.mlp.fc1.weight": t(4 * dim, dim),
+        "blocks.1.norm1.weight": t(dim),
+    }
+    path = tmp_path / "mae.pth"
+    torch.save(sd, path)
+    c.init_from = f"mae:{path}"
+    out = checkpoints.initial_params(c)
+    enc = out["image_encoder"]
+    np.testing.assert_allclose(
+        enc["blocks_0"]["attn"]["qkv"]["kernel"], sd["blocks.0.attn.qkv.weight"].numpy().T
+    )
+    np.testing.assert_allclose(
+        enc["patch_embed"]["proj"]["kernel"],
+        sd["patch_embed.proj.weight"].numpy().transpose(2, 3, 1, 0),
+    )
+    assert enc["pos_embed"].shape == (1, 8, 8, dim)
+    np.testing.assert_allclose(enc["blocks_1"]["norm1"]["scale"], sd["blocks.1.norm1.weight"])
+    # the decoder is untouched
+    ref = init_params(c.model, 0)
+    np.testing.assert_array_equal(
+        out["mask_decoder"]["iou_token"]["embedding"], ref["mask_decoder"]["iou_token"]["embedding"]
+    )
+    _, unused = checkpoints.mae_to_encoder(sd, params, c.model.encoder_depth)
+    assert unused == ["cls_token", "norm.weight"]
+
+
+SHARDED = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {root!r})
+    import jax
+    from tests.test_train import small_config
+    from sam_jax.training import trainer
+    c = small_config(2)
+    c.batch_size = 4
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = {mesh}
+    c.eval.synthetic_images = 0
+    t = trainer.Trainer(c)
+    specs = {{}}
+    specs["qkv"] = str(t.param_shardings["image_encoder"]["blocks_0"]["attn"]["qkv"]["kernel"].spec)
+    trainer.train_and_evaluate(c, {workdir!r})
+    print("SPECS", json.dumps(specs), jax.device_count())
+    """
+)
+
+
+def _run_sharded(workdir, mesh, devices):
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu")
+    script = SHARDED.format(root=str(ROOT), mesh=mesh, workdir=str(workdir))
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=400, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("SPECS")][0]
+    return json.loads(line.split(" ", 1)[1].rsplit(" ", 1)[0]), int(line.rsplit(" ", 1)[1])
+
+
+def test_sharded_matches_single_device(tmp_path):
+    specs, n = _run_sharded(tmp_path / "sharded", (2, 2, 2), 8)
+    assert n == 8
+    assert "fsdp" in specs["qkv"] and "tensor" in specs["qkv"]
+    _run_sharded(tmp_path / "single", (1, 1, 1), 1)
+    np.testing.assert_allclose(
+        _losses(tmp_path / "sharded"), _losses(tmp_path / "single"), rtol=1e-3
+    )
