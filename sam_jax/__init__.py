@@ -1,7 +1,14 @@
 """SAM (Segment Anything) in JAX/Flax."""
 
+from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
 from sam_jax.build import SamModel, load_sam, sam_model_registry
 from sam_jax.predictor import SamPredictor
 
-__all__ = ["SamModel", "SamPredictor", "load_sam", "sam_model_registry"]
+__all__ = [
+    "SamAutomaticMaskGenerator",
+    "SamModel",
+    "SamPredictor",
+    "load_sam",
+    "sam_model_registry",
+]
 __version__ = "0.1.0"

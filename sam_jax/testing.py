@@ -99,3 +99,34 @@ def model_from_reference(sam, config: ml_collections.ConfigDict | str, **overrid
     params = convert_state_dict(sam.state_dict(), c)
     c.update(overrides)
     return SamModel(build_sam(c), params, c)
+
+
+def localize_masks(sam, seed: int = 0, sharpness: float = 4.0, strength: float = 5.0):
+    """Make a random-init reference `Sam` paint compact masks around each point prompt
+    (in place; returns `sam`).
+
+    Random decoders give salt-and-pepper masks spread over the whole image: every mask box
+    is the image, box NMS keeps one mask and crop-edge filtering drops all crop masks, so
+    automatic mask generation has nothing to decide. Here the decoder's image->token
+    attention compares image and point positions (shared query/key projections,
+    `sharpness` times larger), its output weighs `strength` times more, and the upscaling
+    has no sub-pixel texture, so pixels near the point differ from the rest.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        decoder = sam.mask_decoder
+        for layer in decoder.transformer.layers:
+            attn = layer.cross_attn_image_to_token
+            shape = attn.q_proj.weight.shape
+            w = torch.randn(shape, generator=gen) * sharpness / shape[1] ** 0.5
+            attn.q_proj.weight.copy_(w)
+            attn.k_proj.weight.copy_(w)
+            attn.q_proj.bias.zero_()
+            attn.k_proj.bias.zero_()
+            attn.out_proj.weight.mul_(strength)
+        for i in (0, 3):  # ConvTranspose2d weights (in, out, kh, kw)
+            w = decoder.output_upscaling[i].weight
+            w.copy_(w.mean((2, 3), keepdim=True).expand_as(w))
+    return sam

@@ -1,0 +1,599 @@
+"""`SamAutomaticMaskGenerator`: masks for a whole image from a grid of point prompts.
+
+Same arguments, decisions and output records as the reference generator (grids, crops,
+predicted-IoU and stability filters, NMS within and across crops, small-region cleanup).
+What differs is where the work happens. Each batch of points is one compiled call with
+fixed shapes (the last batch is padded) that decodes the prompts, upsamples the logits to
+the crop's size, and returns per-mask scores, boxes, keep flags and bit-packed binary
+masks; the host only touches the masks that pass the filters. Host memory grows with the
+number of kept masks, device memory with `points_per_batch`.
+
+The decoder here is the model's mask decoder evaluated for many single-point prompts on
+one image (`decode_points`): the same parameters and the same function as `Sam.decode`
+(tests hold the two together), but arranged so the image-side terms shared by all prompts
+are computed once per batch and the per-prompt attention over image tokens is contracted
+on the (few) token side: about half the multiply-adds of the general decoder. It always
+computes in float32, whatever the model's dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sam_jax import amg_utils
+from sam_jax.build import SamModel
+from sam_jax.modeling.common import gelu
+from sam_jax.modeling.sam import Sam, postprocess_matrices
+from sam_jax.predictor import SamPredictor, as_uint8_rgb
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+# Masks whose box comes this close (pixels) to an inner crop edge are dropped.
+CROP_EDGE_TOLERANCE = 20.0
+# Prompts decoded together inside one batch call on CPU: small enough that a chunk's
+# upsampled masks stay in cache, large enough for efficient matmuls (measured on 2 cores).
+_CPU_CHUNK = 2
+
+
+# ------------------------------------------------------------------- point-prompt decoder
+def _dense(x, p):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _layer_norm(x, p, eps):
+    return nn.LayerNorm(epsilon=eps).apply({"params": p}, x)
+
+
+def _mlp(p, x):
+    n = len(p)
+    for i in range(n):
+        x = _dense(x, p[f"layers_{i}"])
+        if i < n - 1:
+            x = jax.nn.relu(x)
+    return x
+
+
+def _split_heads(x, heads):
+    return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
+
+
+def _token_self_attention(p, q, k, v, heads):
+    """Attention among the prompt tokens (B, T, C); none is padding here."""
+    qh = _split_heads(_dense(q, p["q_proj"]), heads)
+    kh = _split_heads(_dense(k, p["k_proj"]), heads)
+    vh = _split_heads(_dense(v, p["v_proj"]), heads)
+    s = jnp.einsum("bqhd,bkhd->bhqk", qh * (1 / np.sqrt(qh.shape[-1])), kh)
+    o = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), vh)
+    return _dense(o.reshape(*o.shape[:2], -1), p["out_proj"])
+
+
+def _tokens_to_shared_image(p, q, kh, vh, heads):
+    """Tokens (B, T, C) attend to image tokens that are the same for every prompt, whose
+    key and value projections kh, vh (N, H, d) are computed once per image."""
+    qh = _split_heads(_dense(q, p["q_proj"]), heads)
+    s = jnp.einsum("bthd,nhd->bhtn", qh * (1 / np.sqrt(qh.shape[-1])), kh)
+    o = jnp.einsum("bhtn,nhd->bthd", jax.nn.softmax(s, -1), vh)
+    return _dense(o.reshape(*o.shape[:2], -1), p["out_proj"])
+
+
+def _tokens_to_image(p, q, keys_k, keys_v, heads):
+    """Tokens (B, T, C) attend to per-prompt image tokens (B, N, C).
+
+    q.(x Wk + bk) = x.(Wk q) + q.bk, and softmax-weighted sums commute with the value
+    projection (the weights sum to one), so both projections move to the token side. Per
+    image token that costs 2 * T * heads * C multiply-adds (T = 7 tokens) instead of the
+    C * C of projecting the image tokens for every prompt.
+    """
+    qh = _split_heads(_dense(q, p["q_proj"]), heads)
+    qh = qh * (1 / np.sqrt(qh.shape[-1]))
+    qw = jnp.einsum("bthd,chd->bhtc", qh, _split_heads(p["k_proj"]["kernel"], heads))
+    qb = jnp.einsum("bthd,hd->bht", qh, _split_heads(p["k_proj"]["bias"], heads))
+    s = jnp.einsum("bnc,bhtc->bhtn", keys_k, qw) + qb[..., None]
+    weighted = jnp.einsum("bhtn,bnc->bhtc", jax.nn.softmax(s, -1), keys_v)
+    o = jnp.einsum("bhtc,chd->bthd", weighted, _split_heads(p["v_proj"]["kernel"], heads))
+    o = o + _split_heads(p["v_proj"]["bias"], heads)
+    return _dense(o.reshape(*o.shape[:2], -1), p["out_proj"])
+
+
+def _image_to_tokens(p, image_q, token_k, token_v, heads, shared_qh=None):
+    """Image tokens attend to the prompt tokens (B, T, C) -> (B, N, C).
+
+    With `shared_qh` (N, H, d), the image queries are the same for all prompts and already
+    projected; otherwise image_q is (B, N, C) and, as in `_tokens_to_image`, the query
+    projection moves to the token side. The output projection is applied to the T values
+    before the attention weights, so no (B, N, C) x (C, C) product is needed.
+    """
+    kh = _split_heads(_dense(token_k, p["k_proj"]), heads)  # (B, T, H, d)
+    vh = _split_heads(_dense(token_v, p["v_proj"]), heads)
+    d = kh.shape[-1]
+    kh = kh * (1 / np.sqrt(d))
+    if shared_qh is not None:
+        s = jnp.einsum("nhd,bthd->bhnt", shared_qh, kh)
+    else:
+        kw = jnp.einsum("bthd,chd->bhtc", kh, _split_heads(p["q_proj"]["kernel"], heads))
+        kb = jnp.einsum("bthd,hd->bht", kh, _split_heads(p["q_proj"]["bias"], heads))
+        s = jnp.einsum("bnc,bhtc->bhnt", image_q, kw) + kb[:, :, None, :]
+    w_out = p["out_proj"]["kernel"].reshape(heads, d, -1)
+    values = jnp.einsum("bthd,hdc->bhtc", vh, w_out)
+    return jnp.einsum("bhnt,bhtc->bnc", jax.nn.softmax(s, -1), values) + p["out_proj"]["bias"]
+
+
+def _image_terms(module: Sam, params, features) -> dict:
+    """What the decoder computes from the image alone, once for all prompts: the image
+    tokens (N, C), their positional encoding, and the first layer's projections of them
+    (the image tokens only start to differ between prompts after that layer)."""
+    _, h, w, c = features.shape
+    pe, dense = module.apply(
+        {"params": params},
+        method=lambda m: (
+            m.prompt_encoder.get_dense_pe(),
+            m.prompt_encoder(None, None, None)[2],
+        ),
+    )
+    src = (features[0] + dense[0]).astype(jnp.float32).reshape(h * w, c)
+    pe = pe[0].reshape(h * w, c)
+    first = params["mask_decoder"]["transformer"]["layers_0"]
+    heads = module.decoder_num_heads
+    t2i, i2t = first["cross_attn_token_to_image"], first["cross_attn_image_to_token"]
+    return {
+        "src": src,
+        "pe": pe,
+        "grid": (h, w),
+        "t2i_k": _split_heads(_dense(src + pe, t2i["k_proj"]), heads),
+        "t2i_v": _split_heads(_dense(src, t2i["v_proj"]), heads),
+        "i2t_q": _split_heads(_dense(src + pe, i2t["q_proj"]), heads),
+    }
+
+
+def _decode_prompts(module: Sam, params, image: dict, point_coords):
+    """One foreground point per prompt -> (low-res logits (B, 3, 4h, 4w), iou (B, 3)).
+    `image` is `_image_terms` of the image."""
+    b = point_coords.shape[0]
+    h, w = image["grid"]
+    src, pe = image["src"], image["pe"]
+    sparse, _, _ = module.apply(
+        {"params": params},
+        point_coords[:, None, :],
+        jnp.ones((b, 1), jnp.int32),
+        method=lambda m, coords, labels: m.prompt_encoder((coords, labels), None, None),
+    )
+    md = params["mask_decoder"]
+    tp = md["transformer"]
+    heads = module.decoder_num_heads
+    out_tokens = jnp.concatenate([md["iou_token"]["embedding"], md["mask_tokens"]["embedding"]])
+    tokens = jnp.concatenate([jnp.broadcast_to(out_tokens, (b, *out_tokens.shape)), sparse], 1)
+    queries, query_pe, keys = tokens, tokens, src
+    for i in range(module.decoder_depth):
+        lp = tp[f"layers_{i}"]
+        first = i == 0  # the image tokens are still shared by all prompts
+        if first:  # the reference skips the positional encoding and residual here
+            queries = _token_self_attention(lp["self_attn"], queries, queries, queries, heads)
+        else:
+            q = queries + query_pe
+            queries = queries + _token_self_attention(lp["self_attn"], q, q, queries, heads)
+        queries = _layer_norm(queries, lp["norm1"], 1e-5)
+        q = queries + query_pe
+        t2i, i2t = lp["cross_attn_token_to_image"], lp["cross_attn_image_to_token"]
+        if first:
+            out = _tokens_to_shared_image(t2i, q, image["t2i_k"], image["t2i_v"], heads)
+        else:
+            out = _tokens_to_image(t2i, q, keys + pe, keys, heads)
+        queries = _layer_norm(queries + out, lp["norm2"], 1e-5)
+        mlp = _dense(jax.nn.relu(_dense(queries, lp["mlp"]["lin1"])), lp["mlp"]["lin2"])
+        queries = _layer_norm(queries + mlp, lp["norm3"], 1e-5)
+        q = queries + query_pe
+        if first:
+            out = _image_to_tokens(i2t, None, q, queries, heads, shared_qh=image["i2t_q"])
+        else:
+            out = _image_to_tokens(i2t, keys + pe, q, queries, heads)
+        keys = _layer_norm(keys + out, lp["norm4"], 1e-5)
+    out = _tokens_to_image(
+        tp["final_attn_token_to_image"], queries + query_pe, keys + pe, keys, heads
+    )
+    queries = _layer_norm(queries + out, tp["norm_final_attn"], 1e-5)
+
+    # Both transposed convolutions have kernel 2 and stride 2, i.e. per-pixel matmuls. The
+    # 2x2 sub-pixel axes stay separate until the masks are small (3 channels, not 32).
+    c = keys.shape[-1]
+    up0, up3 = md["output_upscaling_0"], md["output_upscaling_3"]
+    y = keys @ jnp.transpose(up0["kernel"], (2, 0, 1, 3)).reshape(c, -1)
+    y = y.reshape(b, h * w * 4, -1) + up0["bias"]
+    y = gelu(_layer_norm(y, md["output_upscaling_1"], 1e-6))
+    c1 = y.shape[-1]
+    y = y @ jnp.transpose(up3["kernel"], (2, 0, 1, 3)).reshape(c1, -1)
+    y = gelu(y.reshape(b, h * w * 16, -1) + up3["bias"])
+    n_out = module.num_multimask_outputs
+    hyper = jnp.stack(
+        [
+            _mlp(md[f"output_hypernetworks_mlps_{j}"], queries[:, 1 + j])
+            for j in range(1, n_out + 1)
+        ],
+        axis=1,
+    )
+    masks = jnp.einsum("bpc,bmc->bmp", y, hyper)
+    # pixel (y, x) = (4 r + 2 i + k, 4 s + 2 j + l) for p = (r, s, i, j, k, l)
+    masks = masks.reshape(b, n_out, h, w, 2, 2, 2, 2).transpose(0, 1, 2, 4, 6, 3, 5, 7)
+    masks = masks.reshape(b, n_out, 4 * h, 4 * w)
+    iou = _mlp(md["iou_prediction_head"], queries[:, 0])[:, 1:]
+    return masks, iou
+
+
+def decode_points(module: Sam, params, features, point_coords):
+    """Multimask outputs for B one-point prompts on one image, as `Sam.decode` gives them.
+
+    features (1, h, w, C) image embedding; point_coords (B, 2) (x, y) foreground points in
+    the model's input frame. Returns (low-res logits (B, 3, 4h, 4w), iou (B, 3)).
+    """
+    return _decode_prompts(module, params, _image_terms(module, params, features), point_coords)
+
+
+# ------------------------------------------------------------------------ batch on device
+def _mask_boxes(rows_any, cols_any):
+    """(..., H) and (..., W) 'row/column has a pixel' -> (..., 4) int32 XYXY, inclusive;
+    empty masks give zeros."""
+    h, w = rows_any.shape[-1], cols_any.shape[-1]
+    top = jnp.argmax(rows_any, -1)
+    bottom = h - 1 - jnp.argmax(rows_any[..., ::-1], -1)
+    left = jnp.argmax(cols_any, -1)
+    right = w - 1 - jnp.argmax(cols_any[..., ::-1], -1)
+    boxes = jnp.stack([left, top, right, bottom], -1).astype(jnp.int32)
+    return boxes * rows_any.any(-1)[..., None]
+
+
+def _pack_bits(masks):
+    """(..., H, W) bool -> (..., H, ceil(W / 8)) uint8, as np.packbits(axis=-1) does."""
+    w = masks.shape[-1]
+    pad = -w % 8
+    m = jnp.pad(masks, [(0, 0)] * (masks.ndim - 1) + [(0, pad)]).astype(jnp.uint8)
+    m = m.reshape(*m.shape[:-1], (w + pad) // 8, 8)
+    return (m << jnp.arange(7, -1, -1, dtype=jnp.uint8)).sum(-1, dtype=jnp.uint8)
+
+
+def _process_batch(
+    module: Sam,
+    chunk: int,
+    params,
+    features,
+    point_coords,
+    n_valid,
+    rows,
+    cols,
+    crop_box,
+    image_box,
+    settings,
+):
+    """Decode a batch of points, upsample to the crop, score and filter.
+
+    point_coords (P, 2) in the model frame, P a multiple of `chunk`; only the first n_valid
+    are real. rows (H, m) and cols (W, m): the post-processing matrices of the crop.
+    crop_box and image_box: XYXY int32 in the image frame. settings: (iou threshold,
+    use it, stability threshold, use it, stability offset) as float32.
+    Returns per mask (P, 3, ...): iou, stability, boxes (crop frame), keep, packed masks.
+    """
+    image = _image_terms(module, params, features)
+    iou_thresh, use_iou, stab_thresh, use_stab, offset = (settings[i] for i in range(5))
+    threshold = Sam.mask_threshold
+
+    def one_chunk(coords):
+        low_res, iou = _decode_prompts(module, params, image, coords)
+        # rows @ low_res @ cols^T, contracting the shorter output side first
+        if rows.shape[0] <= cols.shape[0]:
+            t = jnp.einsum("yi,bmij->bmyj", rows, low_res)
+            logits = jnp.einsum("bmyj,xj->bmyx", t, cols)
+        else:
+            t = jnp.einsum("bmij,xj->bmix", low_res, cols)
+            logits = jnp.einsum("yi,bmix->bmyx", rows, t)
+        inter = (logits > threshold + offset).sum((-1, -2), dtype=jnp.int32)
+        union = (logits > threshold - offset).sum((-1, -2), dtype=jnp.int32)
+        masks = logits > threshold
+        boxes = _mask_boxes(masks.any(-1), masks.any(-2))
+        return iou, inter / union, boxes, _pack_bits(masks)
+
+    p = point_coords.shape[0]
+    iou, stability, boxes, packed = jax.lax.map(one_chunk, point_coords.reshape(-1, chunk, 2))
+    iou, stability, boxes, packed = (
+        x.reshape(p, *x.shape[2:]) for x in (iou, stability, boxes, packed)
+    )
+    keep = (jnp.arange(p) < n_valid)[:, None]
+    keep &= (iou > iou_thresh) | (use_iou == 0)
+    keep &= (stability >= stab_thresh) | (use_stab == 0)
+    shift = jnp.stack([crop_box[0], crop_box[1], crop_box[0], crop_box[1]])
+    framed = (boxes + shift).astype(jnp.float32)
+    near_crop = jnp.abs(framed - crop_box.astype(jnp.float32)) <= CROP_EDGE_TOLERANCE
+    near_image = jnp.abs(framed - image_box.astype(jnp.float32)) <= CROP_EDGE_TOLERANCE
+    keep &= ~jnp.any(near_crop & ~near_image, -1)
+    return iou, stability, boxes, keep, packed
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_batch(module: Sam, chunk: int):
+    """One jitted `_process_batch` per model shape, shared by all generators using it."""
+    return jax.jit(functools.partial(_process_batch, module, chunk))
+
+
+# ---------------------------------------------------------------------------- generator
+class SamAutomaticMaskGenerator:
+    """Masks for an entire image from a grid of single-point prompts.
+
+    Arguments are those of the reference `SamAutomaticMaskGenerator` (see its docstring):
+    exactly one of points_per_side / point_grids; predicted-IoU threshold (strict, skipped
+    when <= 0), stability threshold (skipped when <= 0) with the logit offset that defines
+    stability; box NMS thresholds within and across crops; crop_n_layers extra layers of
+    (2**i)^2 overlapping crops; min_mask_region_area > 0 removes smaller holes and islands
+    (then NMS again, preferring masks that did not change); output_mode one of
+    "binary_mask", "uncompressed_rle", "coco_rle".
+    """
+
+    def __init__(
+        self,
+        sam: SamModel,
+        points_per_side: int | None = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: list[np.ndarray] | None = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        if not isinstance(sam, SamModel):
+            raise TypeError(
+                "SamAutomaticMaskGenerator takes the model bundle from "
+                f"sam_model_registry[...](...), got {type(sam).__name__}"
+            )
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side or point_grids")
+        crop_n_layers = _check_int(crop_n_layers, "crop_n_layers", 0)
+        if points_per_side is not None:
+            points_per_side = _check_int(points_per_side, "points_per_side", 1)
+            factor = _check_int(crop_n_points_downscale_factor, "crop_n_points_downscale_factor", 1)
+            smallest = int(points_per_side / factor**crop_n_layers)
+            if smallest < 1:
+                raise ValueError(
+                    f"points_per_side {points_per_side} / crop_n_points_downscale_factor "
+                    f"{factor} ** crop_n_layers {crop_n_layers} leaves no points in the last "
+                    "crop layer"
+                )
+            self.point_grids = amg_utils.build_all_layer_point_grids(
+                points_per_side, crop_n_layers, factor
+            )
+        else:
+            self.point_grids = _check_point_grids(point_grids, crop_n_layers)
+        self.points_per_batch = _check_int(points_per_batch, "points_per_batch", 1)
+        self.pred_iou_thresh = _check_float(pred_iou_thresh, "pred_iou_thresh")
+        self.stability_score_thresh = _check_float(stability_score_thresh, "stability_score_thresh")
+        self.stability_score_offset = _check_float(stability_score_offset, "stability_score_offset")
+        if self.stability_score_offset < 0:
+            raise ValueError(f"stability_score_offset must be >= 0, got {stability_score_offset}")
+        self.box_nms_thresh = _check_float(box_nms_thresh, "box_nms_thresh", 0.0, 1.0)
+        self.crop_nms_thresh = _check_float(crop_nms_thresh, "crop_nms_thresh", 0.0, 1.0)
+        self.crop_overlap_ratio = _check_float(crop_overlap_ratio, "crop_overlap_ratio", 0.0, 1.0)
+        self.crop_n_layers = crop_n_layers
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        if isinstance(min_mask_region_area, bool) or not isinstance(
+            min_mask_region_area, (int, float, np.integer, np.floating)
+        ):
+            raise ValueError(f"min_mask_region_area must be a number, got {min_mask_region_area!r}")
+        if not min_mask_region_area >= 0:
+            raise ValueError(f"min_mask_region_area must be >= 0, got {min_mask_region_area}")
+        self.min_mask_region_area = min_mask_region_area
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"unknown output_mode {output_mode!r}; choose one of {OUTPUT_MODES}")
+        if output_mode == "coco_rle":
+            try:
+                import pycocotools.mask  # noqa: F401
+            except ImportError as e:
+                raise ValueError("output_mode 'coco_rle' needs pycocotools installed") from e
+        self.output_mode = output_mode
+
+        self.model = sam
+        self.predictor = SamPredictor(sam)
+        on_cpu = jax.default_backend() == "cpu"
+        self._chunk = min(_CPU_CHUNK, self.points_per_batch) if on_cpu else self.points_per_batch
+        self._batch_size = -(-self.points_per_batch // self._chunk) * self._chunk
+        self._process_batch = _compiled_batch(sam.module, self._chunk)
+
+    # ---------------------------------------------------------------------- public
+    def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
+        """Masks of an H x W x 3 RGB image (uint8, or float in [0, 1]) as a list of records:
+        segmentation (H x W bool array, or an RLE dict per output_mode), area (pixels),
+        bbox (XYWH), predicted_iou, point_coords ([[x, y]]), stability_score, crop_box
+        (XYWH), ordered as the reference orders them."""
+        image = as_uint8_rgb(image)
+        orig_h, orig_w = image.shape[:2]
+        crop_boxes, layer_idxs = amg_utils.generate_crop_boxes(
+            (orig_h, orig_w), self.crop_n_layers, self.crop_overlap_ratio
+        )
+        parts = [
+            self._process_crop(image, box, layer, (orig_h, orig_w))
+            for box, layer in zip(crop_boxes, layer_idxs)
+        ]
+        data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "packed"}
+        packed = [m for p in parts for m in p["packed"]]
+        if len(crop_boxes) > 1 and len(data["boxes"]):
+            # the same object found in several crops: keep the one from the smallest crop
+            scores = 1.0 / amg_utils.box_area(data["crop_boxes"]).astype(np.float32)
+            keep = amg_utils.nms(data["boxes"], scores, self.crop_nms_thresh)
+            data = {k: v[keep] for k, v in data.items()}
+            packed = [packed[i] for i in keep]
+        masks = [
+            amg_utils.uncrop_mask(_unpack(m, box), box, orig_h, orig_w)
+            for m, box in zip(packed, data["crop_boxes"])
+        ]
+        if self.min_mask_region_area > 0 and masks:
+            masks, data = self._remove_small_regions(masks, data)
+        return self._records(masks, data)
+
+    # -------------------------------------------------------------------- internals
+    def _process_crop(self, image, crop_box, layer_idx, orig_size):
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1]
+        crop_h, crop_w = crop.shape[:2]
+        self.predictor.set_image(crop)
+        features = self.predictor.features
+        low_res = self.predictor.low_res_size
+        rows, cols = postprocess_matrices(
+            (low_res, low_res), self.model.image_size, self.predictor.input_size, (crop_h, crop_w)
+        )
+        points = self.point_grids[layer_idx] * np.array([[crop_w, crop_h]])
+        model_points = self.predictor.transform.apply_coords(points, (crop_h, crop_w))
+        settings = np.array(
+            [
+                self.pred_iou_thresh,
+                self.pred_iou_thresh > 0,
+                self.stability_score_thresh,
+                self.stability_score_thresh > 0,
+                self.stability_score_offset,
+            ],
+            np.float32,
+        )
+        consts = (
+            rows,
+            cols,
+            np.asarray(crop_box, np.int32),
+            np.array([0, 0, orig_size[1], orig_size[0]], np.int32),
+            settings,
+        )
+        size = self._batch_size
+        step = self.points_per_batch
+        kept = {"iou": [], "stability": [], "boxes": [], "points": [], "packed": []}
+
+        def collect(start, out):
+            iou, stability, boxes, keep, packed = jax.device_get(out)
+            idx = np.flatnonzero(keep.reshape(-1))
+            if not len(idx):
+                return
+            n_out = keep.shape[1]
+            kept["iou"].append(iou.reshape(-1)[idx])
+            kept["stability"].append(stability.reshape(-1)[idx])
+            kept["boxes"].append(boxes.reshape(-1, 4)[idx])
+            kept["points"].append(points[start + idx // n_out])
+            kept["packed"].extend(packed.reshape(-1, *packed.shape[2:])[idx])
+
+        pending = None
+        for start in range(0, len(points), step):
+            batch = np.zeros((size, 2), np.float32)
+            chunk = model_points[start : start + step]
+            batch[: len(chunk)] = chunk
+            # dispatched before the previous batch's results are read, so the device
+            # keeps working while the host filters
+            out = self._process_batch(
+                self.model.params, features, batch, np.int32(len(chunk)), *consts
+            )
+            if pending is not None:
+                collect(*pending)
+            pending = (start, out)
+        if pending is not None:
+            collect(*pending)
+        self.predictor.reset_image()
+
+        if kept["iou"]:
+            data = {k: np.concatenate(v) for k, v in kept.items() if k != "packed"}
+        else:
+            data = {
+                "iou": np.zeros(0, np.float32),
+                "stability": np.zeros(0, np.float32),
+                "boxes": np.zeros((0, 4), np.int32),
+                "points": np.zeros((0, 2)),
+            }
+        keep = amg_utils.nms(data["boxes"], data["iou"], self.box_nms_thresh)
+        data = {k: v[keep] for k, v in data.items()}
+        data["boxes"] = data["boxes"].astype(np.int64) + np.array([x0, y0, x0, y0])
+        data["points"] = data["points"] + np.array([x0, y0])
+        data["crop_boxes"] = np.tile(np.asarray(crop_box, np.int64), (len(keep), 1))
+        data["packed"] = [kept["packed"][i] for i in keep]
+        return data
+
+    def _remove_small_regions(self, masks, data):
+        new_masks, unchanged = [], []
+        for mask in masks:
+            mask, changed_holes = amg_utils.remove_small_regions(
+                mask, self.min_mask_region_area, "holes"
+            )
+            mask, changed_islands = amg_utils.remove_small_regions(
+                mask, self.min_mask_region_area, "islands"
+            )
+            new_masks.append(mask)
+            unchanged.append(not (changed_holes or changed_islands))
+        boxes = np.stack([amg_utils.batched_mask_to_box(m) for m in new_masks])
+        # prefer masks that needed no cleanup over their cleaned-up duplicates
+        scores = np.asarray(unchanged, np.float32)
+        keep = amg_utils.nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
+        data = {k: v[keep] for k, v in data.items()}
+        data["boxes"] = boxes[keep]
+        return [new_masks[i] for i in keep], data
+
+    def _records(self, masks, data) -> list[dict[str, Any]]:
+        records = []
+        for i, mask in enumerate(masks):
+            if self.output_mode == "binary_mask":
+                segmentation = mask
+            elif self.output_mode == "uncompressed_rle":
+                segmentation = amg_utils.mask_to_rle(mask)
+            else:
+                segmentation = amg_utils.coco_encode_mask(mask)
+            records.append(
+                {
+                    "segmentation": segmentation,
+                    "area": int(np.count_nonzero(mask)),
+                    "bbox": amg_utils.box_xyxy_to_xywh(data["boxes"][i]),
+                    "predicted_iou": float(data["iou"][i]),
+                    "point_coords": [data["points"][i].tolist()],
+                    "stability_score": float(data["stability"][i]),
+                    "crop_box": amg_utils.box_xyxy_to_xywh(data["crop_boxes"][i]),
+                }
+            )
+        return records
+
+
+def _unpack(packed: np.ndarray, crop_box) -> np.ndarray:
+    width = int(crop_box[2] - crop_box[0])
+    return np.unpackbits(packed, axis=-1, count=width).astype(bool)
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_float(value, name: str, lo: float | None = None, hi: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _check_point_grids(point_grids, crop_n_layers: int) -> list[np.ndarray]:
+    if isinstance(point_grids, np.ndarray) and point_grids.ndim == 2:
+        raise ValueError("point_grids must be a list of (N, 2) arrays, one per crop layer")
+    grids = [np.asarray(g, np.float64) for g in point_grids]
+    if len(grids) < crop_n_layers + 1:
+        raise ValueError(
+            f"point_grids has {len(grids)} grid(s) but crop_n_layers={crop_n_layers} needs "
+            f"{crop_n_layers + 1} (one per layer, the whole image first)"
+        )
+    for i, g in enumerate(grids):
+        if g.ndim != 2 or g.shape[1] != 2 or len(g) == 0:
+            raise ValueError(f"point_grids[{i}] must be (N, 2) with N >= 1, got {g.shape}")
+        if not np.all(np.isfinite(g)) or g.min() < 0 or g.max() > 1:
+            raise ValueError(
+                f"point_grids[{i}] must hold (x, y) in [0, 1] (normalized to the crop)"
+            )
+    return grids
