@@ -137,19 +137,19 @@ class Sam(nn.Module):
         point_valid (B, N) marks padding points; box_valid (B,) marks rows without a box
         when boxes are given for a mixed batch (see PromptEncoder).
         """
-        points = None if point_coords is None else (point_coords, point_labels)
-        sparse, sparse_valid, dense = self.prompt_encoder(
-            points, boxes, mask_inputs, point_valid=point_valid, box_valid=box_valid
-        )
-        return self.mask_decoder(
+        masks, iou_pred = self.decode_all(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
-            sparse,
-            dense,
-            multimask_output,
-            sparse_valid=sparse_valid,
-            deterministic=deterministic,
+            point_coords,
+            point_labels,
+            boxes,
+            mask_inputs,
+            point_valid,
+            box_valid,
+            deterministic,
         )
+        if multimask_output:
+            return masks[:, 1:], iou_pred[:, 1:]
+        return masks[:, :1], iou_pred[:, :1]
 
     def decode_all(
         self,
