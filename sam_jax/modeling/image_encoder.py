@@ -64,7 +64,7 @@ class Attention(nn.Module):
         scale = head_dim**-0.5
         qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each (B, heads, H*W, D)
         if self.use_rel_pos:
             if self.input_size is None:
                 raise ValueError("input_size is required when use_rel_pos=True")
@@ -76,21 +76,21 @@ class Attention(nn.Module):
             )
             table_h = get_rel_pos(h, h, rel_pos_h).astype(self.dtype)  # (H, H, D)
             table_w = get_rel_pos(w, w, rel_pos_w).astype(self.dtype)  # (W, W, D)
-            grid_q = q.reshape(b, h, w, self.num_heads, head_dim)
-            rel_h = jnp.einsum("byxnc,ykc->byxnk", grid_q, table_h)
-            rel_w = jnp.einsum("byxnc,xkc->byxnk", grid_q, table_w)
+            grid_q = q.reshape(b, self.num_heads, h, w, head_dim)
+            rel_h = jnp.einsum("bnyxc,ykc->bnyxk", grid_q, table_h)
+            rel_w = jnp.einsum("bnyxc,xkc->bnyxk", grid_q, table_w)
             out = rel_pos_attention(
                 q,
                 k,
                 v,
-                rel_h.reshape(b, h * w, self.num_heads, h),
-                rel_w.reshape(b, h * w, self.num_heads, w),
+                rel_h.reshape(b, self.num_heads, h * w, h),
+                rel_w.reshape(b, self.num_heads, h * w, w),
                 scale=scale,
                 implementation=self.attention_impl,
             )
         else:
             out = dot_product_attention(q, k, v, scale=scale, implementation=self.attention_impl)
-        out = out.reshape(b, h, w, dim)
+        out = jnp.transpose(out, (0, 2, 1, 3)).reshape(b, h, w, dim)
         return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
 
 

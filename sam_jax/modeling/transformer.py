@@ -25,14 +25,15 @@ class Attention(nn.Module):
         if internal % self.num_heads:
             raise ValueError(f"num_heads {self.num_heads} must divide internal dim {internal}")
 
-        def heads(x):
-            return x.reshape(*x.shape[:2], self.num_heads, internal // self.num_heads)
+        def heads(x):  # (B, L, C) -> (B, heads, L, C / heads)
+            x = x.reshape(*x.shape[:2], self.num_heads, internal // self.num_heads)
+            return jnp.swapaxes(x, 1, 2)
 
         q = heads(nn.Dense(internal, dtype=self.dtype, name="q_proj")(q))
         k = heads(nn.Dense(internal, dtype=self.dtype, name="k_proj")(k))
         v = heads(nn.Dense(internal, dtype=self.dtype, name="v_proj")(v))
         out = dot_product_attention(q, k, v, key_mask=key_mask, implementation=self.attention_impl)
-        out = out.reshape(*out.shape[:2], internal)
+        out = jnp.swapaxes(out, 1, 2).reshape(q.shape[0], q.shape[2], internal)
         return nn.Dense(self.embedding_dim, dtype=self.dtype, name="out_proj")(out)
 
 
