@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.build import SamModel
@@ -94,10 +95,12 @@ class SamPredictor:
                 {"params": params}, images, sizes, method=Sam.embed_images
             )
         )
+        # Decoding and upsampling to the image in one compiled call: one dispatch and one
+        # transfer per prompt batch.
         self._decode = jax.jit(
-            functools.partial(_decode, module), static_argnames=("multimask_output",)
+            functools.partial(_decode_and_postprocess, module),
+            static_argnames=("multimask_output", "return_logits"),
         )
-        self._postprocess = jax.jit(_postprocess, static_argnames=("return_logits",))
         self.reset_image()
 
     @property
@@ -121,6 +124,10 @@ class SamPredictor:
         self.features = self._embed(self.model.params, canvas, sizes)
         self.original_size = tuple(int(v) for v in image.shape[:2])
         self.input_size = tuple(int(v) for v in resized.shape[:2])
+        rows, cols = postprocess_matrices(
+            (self.low_res_size, self.low_res_size), s, self.input_size, self.original_size
+        )
+        self._post_rows, self._post_cols = jnp.asarray(rows), jnp.asarray(cols)
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
@@ -133,6 +140,7 @@ class SamPredictor:
         self.features = None
         self.original_size = None
         self.input_size = None
+        self._post_rows = self._post_cols = None
 
     def _require_image(self):
         if not self.is_image_set:
@@ -201,25 +209,20 @@ class SamPredictor:
         coords, labels, boxes, masks, batch = self._check_prompts(
             point_coords, point_labels, boxes, mask_input
         )
-        h, w = self.original_size
-        rows, cols = postprocess_matrices(
-            (self.low_res_size, self.low_res_size),
-            self.model.image_size,
-            self.input_size,
-            self.original_size,
-        )
         out_masks, out_iou, out_low = [], [], []
         for start in range(0, batch, self.max_batch):
             stop = min(start + self.max_batch, batch)
-            low, iou = self._decode_chunk(
-                coords, labels, boxes, masks, start, stop, multimask_output
+            masks_c, iou_c, low_c = self._decode_chunk(
+                coords, labels, boxes, masks, start, stop, multimask_output, return_logits
             )
-            out_masks.append(np.asarray(self._postprocess(low, rows, cols, return_logits)))
-            out_iou.append(np.asarray(iou))
-            out_low.append(np.asarray(low))
-        return (np.concatenate(out_masks), np.concatenate(out_iou), np.concatenate(out_low))
+            out_masks.append(masks_c)
+            out_iou.append(iou_c)
+            out_low.append(low_c)
+        return np.concatenate(out_masks), np.concatenate(out_iou), np.concatenate(out_low)
 
-    def _decode_chunk(self, coords, labels, boxes, masks, start, stop, multimask_output):
+    def _decode_chunk(
+        self, coords, labels, boxes, masks, start, stop, multimask_output, return_logits
+    ):
         n = stop - start
         padded = _bucket(n)
 
@@ -243,7 +246,7 @@ class SamPredictor:
             coords_b, labels_b = c, lab
         else:
             coords_b = labels_b = None
-        low, iou = self._decode(
+        out = self._decode(
             self.model.params,
             self.features,
             coords_b,
@@ -251,9 +254,12 @@ class SamPredictor:
             valid,
             take(boxes),
             take(masks),
+            self._post_rows,
+            self._post_cols,
             multimask_output=bool(multimask_output),
+            return_logits=bool(return_logits),
         )
-        return low[:n], iou[:n]
+        return tuple(np.asarray(x)[:n] for x in jax.device_get(out))
 
     def _check_prompts(self, point_coords, point_labels, boxes, mask_input):
         h, w = self.original_size
@@ -350,6 +356,22 @@ def _decode(module, params, features, coords, labels, valid, boxes, masks, multi
     )
 
 
-def _postprocess(low_res, rows, cols, return_logits):
-    masks = postprocess_masks(low_res, rows, cols)
-    return masks if return_logits else masks > Sam.mask_threshold
+def _decode_and_postprocess(
+    module,
+    params,
+    features,
+    coords,
+    labels,
+    valid,
+    boxes,
+    masks,
+    rows,
+    cols,
+    multimask_output,
+    return_logits,
+):
+    low, iou = _decode(
+        module, params, features, coords, labels, valid, boxes, masks, multimask_output
+    )
+    out = postprocess_masks(low, rows, cols)
+    return (out if return_logits else out > Sam.mask_threshold), iou, low
