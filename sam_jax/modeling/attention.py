@@ -97,7 +97,8 @@ def rel_pos_attention(
     Small grids (windows) fold the relative terms into the QK^T matmul: the query gets
     rel_h and rel_w appended, each key one-hot indicators of its row and column, so one
     matmul yields q.k*scale + rel_h[row(k)] + rel_w[col(k)]. Large grids (global blocks)
-    add the two terms by broadcasting, which costs less than a 3x wider matmul there.
+    add the two terms by broadcasting, which costs less than a 3x wider matmul there, one
+    head at a time.
     """
     _check_impl(implementation)
     b, heads, length, _ = q.shape
@@ -120,6 +121,16 @@ def rel_pos_attention(
         k_aug = jnp.concatenate([k, indicators], axis=-1)
         return _softmax_attend(jnp.einsum("bhqd,bhkd->bhqk", q_aug, k_aug), v)
 
-    scores = jnp.einsum("bhqd,bhkd->bhqk", qs, k).reshape(b, heads, length, gh, gw)
-    scores = scores + rel_h[..., :, None] + rel_w[..., None, :]
-    return _softmax_attend(scores.reshape(b, heads, length, length), v)
+    # One (batch, head) at a time: its 4096 x 4096 scores stay a bounded buffer instead of
+    # all heads' at once (0.8 GB for ViT-B), and on CPU the loop is faster too.
+    def one_head(args):
+        q1, k1, v1, h1, w1 = args
+        scores = jnp.einsum("qd,kd->qk", q1, k1).reshape(length, gh, gw)
+        scores = scores + h1[:, :, None] + w1[:, None, :]
+        return _softmax_attend(scores.reshape(1, 1, length, length), v1[None, None])[0, 0]
+
+    def flat(x):
+        return x.reshape(b * heads, *x.shape[2:])
+
+    out = jax.lax.map(one_head, (flat(qs), flat(k), flat(v), flat(rel_h), flat(rel_w)))
+    return out.reshape(b, heads, length, -1)
