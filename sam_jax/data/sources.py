@@ -14,11 +14,15 @@ Descriptors are dicts with "key" (a stable example name),
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import tarfile
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +180,15 @@ class CocoSource:
 class TfdsSource:
     """The tensorflow-datasets builder `segment_anything`, for users who prepared it.
 
-    Reads through `builder.as_data_source(split)` (array_record files: random access, no
-    TensorFlow graph at read time). Needs tensorflow-datasets installed.
+    Random access needs the copy prepared as array_record, e.g. `tfds build segment_anything
+    --data_dir DIR --manual_dir LINKS_DIR --file_format=array_record` (TFDS' default,
+    tfrecord, can only be streamed through TensorFlow; `tfds convert_format` converts it).
+    Records are read without TensorFlow; the stored JPEG is decoded with PIL, as the other
+    sources do, so a TFDS copy yields the same pixels as the SA-1B files it was built from.
+
+    Needs tensorflow-datasets. A missing or unprepared data_dir, a copy in another file
+    format, missing data files or an unreadable first record raise DataError at once; a
+    damaged record later on is reported when read (counted and skipped by the decoder).
     """
 
     def __init__(self, name: str = "segment_anything", data_dir=None, split: str = "train"):
@@ -187,30 +198,102 @@ class TfdsSource:
             raise DataError(
                 "the TFDS source needs tensorflow-datasets (pip install tensorflow-datasets)"
             ) from e
+        where = f"TFDS {name!r} in {data_dir or 'the default TFDS data_dir'}"
         try:
             builder = tfds.builder(name, data_dir=data_dir)
-            self._source = builder.as_data_source(split=split)
         except Exception as e:
-            raise DataError(f"cannot open TFDS {name!r} in {data_dir}: {e}") from e
-        if len(self._source) == 0:
-            raise DataError(f"TFDS {name!r} split {split!r} in {data_dir} is empty")
+            raise DataError(f"cannot open {where}: {e}") from e
+        if not builder.is_prepared():
+            raise DataError(
+                f"{where} is not prepared: no dataset_info.json in {builder.data_dir} "
+                f"(prepare it with `tfds build {name} --data_dir DIR --file_format=array_record`)"
+            )
+        try:
+            self._records = builder.as_data_source(
+                split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
+            )
+        except NotImplementedError as e:  # prepared in a streaming-only format
+            raise DataError(
+                f"{where} was prepared as {builder.info.file_format.value}, which has no "
+                "random access: rebuild it with --file_format=array_record or convert it "
+                "with `tfds convert_format`"
+            ) from e
+        except Exception as e:
+            raise DataError(f"cannot open split {split!r} of {where}: {e}") from e
+        self._features = builder.info.features
+        # Keep the encoded image: decoded below with PIL, like the other sources.
+        self._decoders = {"image": {"content": tfds.decode.SkipDecoding()}}
+        files = [fi.filename for fi in builder.info.splits[split].file_instructions]
+        missing = _missing_files(files)
+        if missing:
+            raise DataError(
+                f"{where}: {len(missing)} of {len(files)} data file(s) of split {split!r} "
+                f"missing: " + ", ".join(missing[:5])
+            )
+        if len(self._records) == 0:
+            raise DataError(f"{where}: split {split!r} is empty")
+        try:
+            first = self._records[0]
+        except Exception as e:
+            raise DataError(f"{where}: cannot read {files[0]}: {e}") from e
+        if not first:
+            raise DataError(f"{where}: {files[0]} reads as empty (truncated or not array_record)")
 
     def __len__(self) -> int:
-        return len(self._source)
+        return len(self._records)
 
     def __getitem__(self, index: int) -> dict:
         key = f"tfds:{index}"
         try:
-            ex = self._source[index]
+            raw = self._records[index]
+            if not raw:
+                raise DataError("empty record (truncated data file?)")
+            ex = self._features.deserialize_example_np(raw, decoders=self._decoders)
             image = ex["image"]
+            name = image.get("file_name")
+            if isinstance(name, bytes):
+                name = name.decode()
+            if name:
+                key = name.rsplit(".", 1)[0]  # sa_N, as the other SA-1B sources name it
+            try:
+                image_array = _decode_image(image["content"])
+            except Exception as e:  # PIL raises many types for damaged data
+                raise DataError(f"corrupt image: {e}") from None
             seg = ex["annotations"]["segmentation"]
-            key = str(image.get("file_name", key))
-            if isinstance(key, bytes):
-                key = key.decode()
             rles = [
                 {"size": [int(v) for v in size], "counts": counts}
                 for size, counts in zip(seg["size"], seg["counts"])
             ]
-            return {"key": key, "image": ("array", image["content"]), "annotation": ("rles", rles)}
+            return {
+                "key": key,
+                "image": ("array", image_array),
+                "annotation": ("rles", rles),
+            }
         except Exception as e:  # a damaged record: the decoder counts and skips it
-            return {"key": key, "image": ("error", str(e)), "annotation": ("error", str(e))}
+            msg = f"{key}: {e}"
+            return {"key": key, "image": ("error", msg), "annotation": ("error", msg)}
+
+
+def _missing_files(paths: list[str]) -> list[str]:
+    """The paths that do not exist, listing each directory once (data_dir may be remote)."""
+    from etils import epath  # a tensorflow-datasets dependency
+
+    present: dict = {}
+    missing = []
+    for f in paths:
+        path = epath.Path(f)
+        if path.parent not in present:
+            try:
+                present[path.parent] = {q.name for q in path.parent.iterdir()}
+            except OSError:
+                present[path.parent] = set()
+        if path.name not in present[path.parent]:
+            missing.append(f)
+    return missing
+
+
+def _decode_image(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from encoded image bytes, decoded as `decode.load_image` does."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.load()
+        return np.asarray(im.convert("RGB"))
