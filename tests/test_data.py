@@ -199,6 +199,22 @@ def test_bad_examples_are_skipped_and_counted(tmp_path):
         assert needle in text
 
 
+def test_a_run_of_unusable_examples_fails_instead_of_spinning(tmp_path):
+    # Every example unusable (here all masks cover more than the allowed area): the pipeline
+    # would otherwise filter forever looking for one good example.
+    write_sa1b(tmp_path, 3, seed=0, size=(64, 64), images_per_shard=None)
+    ds = make_dataset(
+        SA1BDirectorySource(tmp_path),
+        ExampleSpec(64, 16, 4, max_area_fraction=0.0),
+        batch_size=1,
+        process_index=0,
+        process_count=1,
+        num_threads=1,
+    )
+    with pytest.raises(DataError, match="examples were all unusable.*no usable mask"):
+        next(iter(ds))
+
+
 def test_pipeline_is_deterministic_and_resumes_exactly(sa1b_tars):
     def make(seed):
         return make_dataset(

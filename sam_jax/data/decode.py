@@ -198,22 +198,36 @@ def prepare_example(desc: dict, rng: np.random.Generator, spec: ExampleSpec) -> 
 
 
 class SkipCounter:
-    """Thread-safe tally of examples read and skipped, keeping the first few messages."""
+    """Thread-safe tally of examples read and skipped, keeping the first few messages.
 
-    def __init__(self, keep: int = 20):
+    `max_consecutive` skips in a row (no good example between them) mean the data or the
+    settings are wrong, not one bad file: `skip` then raises DataError instead of letting
+    the pipeline search forever for a usable example.
+    """
+
+    def __init__(self, keep: int = 20, max_consecutive: int = 200):
         self._lock = threading.Lock()
         self.seen = 0
         self.skipped = 0
+        self.consecutive = 0
+        self.max_consecutive = max_consecutive
         self.messages: list[str] = []
         self._keep = keep
 
     def ok(self) -> None:
         with self._lock:
             self.seen += 1
+            self.consecutive = 0
 
     def skip(self, message: str) -> None:
         with self._lock:
             self.seen += 1
             self.skipped += 1
+            self.consecutive += 1
             if len(self.messages) < self._keep:
                 self.messages.append(message)
+            if self.consecutive >= self.max_consecutive:
+                raise DataError(
+                    f"the last {self.consecutive} examples were all unusable, e.g. "
+                    + "; ".join(self.messages[:3])
+                )
