@@ -38,6 +38,13 @@ def main(argv):
         )
     elif any(v in os.environ for v in ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES")):
         jax.distributed.initialize()
+    logging.getLogger(__name__).info(
+        "process %d of %d: %d local device(s), %d in all",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
 
     from sam_jax.training.trainer import NonFiniteLossError, train_and_evaluate
 

@@ -71,8 +71,10 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
-    ds = ds[process_index::process_count]
+    # Random before sharding: an example's RNG follows its global index, so N processes
+    # build the same global batch as one process does.
     ds = ds.random_map(PrepareOrSkip(spec, counter), seed=seed)
+    ds = ds[process_index::process_count]
     ds = ds.filter(lambda r: r is not None)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))
     it = it.batch(batch_size, drop_remainder=True)

@@ -83,6 +83,21 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+def _stop_before(step: int, stop: dict) -> bool:
+    """Whether to stop before `step` (0-based). One process stops as soon as it got SIGTERM.
+    Several must stop at the same step, or the rest wait forever in that step's collectives:
+    jax.distributed's preemption service catches SIGTERM in any of them and picks a step all
+    reach (every process calls this at every step)."""
+    if jax.process_count() == 1:
+        return stop["signal"] is not None
+    from jax.experimental import multihost_utils
+
+    if multihost_utils.reached_preemption_sync_point(step):
+        stop["signal"] = stop["signal"] or int(signal.SIGTERM)
+        return True
+    return False
+
+
 # ---------------------------------------------------------------------------- sharding
 def _opt_state_shardings(abstract_opt_state, param_shardings, mesh):
     """Optimizer-state leaves shaped like a parameter get that parameter's sharding (matched
@@ -323,7 +338,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     def on_sigterm(signum, frame):
         stop["signal"] = signum
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    own_handler = jax.process_count() == 1  # else the preemption service's (`_stop_before`)
+    if own_handler:
+        signal.signal(signal.SIGTERM, on_sigterm)
     writer = _MetricWriter(workdir, primary)
     progress = None
     status = FINISHED
@@ -343,7 +360,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             last_saved = latest
             t0, t0_step = time.perf_counter(), start
             for step in range(start, config.num_train_steps):
-                if stop["signal"] is not None:
+                if _stop_before(step, stop):
                     break
                 batch = trainer.global_batch(next(it))
                 state, metrics = trainer.step_fn(state, batch, key)
@@ -395,7 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             mngr.wait_until_finished()
             params = state.params
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        if own_handler:
+            signal.signal(signal.SIGTERM, previous_handler)
         if progress is not None:
             progress.close()
         writer.close()
@@ -403,7 +421,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     result = None
     if config.eval.synthetic_images > 0:
-        params = jax.device_get(params)
+        if jax.process_count() > 1:  # parameter shards may live on other processes
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.process_allgather(params, tiled=True)
+        else:
+            params = jax.device_get(params)
         if primary:
             result = evaluate_held_out(config, params)
             (workdir / "eval.json").write_text(json.dumps(result, indent=2))
