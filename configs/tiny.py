@@ -2,9 +2,13 @@
 
     python train.py --config=configs/tiny.py --workdir=workdir/tiny
 
-Sized to finish on 2 CPU cores in well under 15 minutes and then report held-out mIoU:
-the model runs at 128 px (8x8 tokens, 32x32 mask logits), 4 masks per image and 4 prompting
-rounds instead of 11, because the per-mask decoder rounds dominate the step time.
+Sized to finish on 2 CPU cores within 15 minutes and then report held-out mIoU. Step cost is
+almost all decoder work (masks x prompting rounds), so the run keeps 4 masks per image and 3
+rounds (first prompt, one error-point round, the final mask-only round) instead of 64 and 11.
+The model takes 128 px inputs with 8 px patches: a 16 x 16 token grid and 64 x 64 mask
+logits, which at the same step cost learned faster than 256 px with 16 px patches and reach
+finer masks than 128 px with 16 px patches (whose 32 x 32 logits cap a perfect predictor at
+about 0.80 mIoU on these images).
 """
 
 import ml_collections
@@ -17,22 +21,25 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.drop_path_rate = 0.0
     c.model.decoder_dropout = 0.0
     c.model.image_size = 128
-    c.num_train_steps = 1000
+    c.model.patch_size = 8
+    c.num_train_steps = 2400
     c.batch_size = 8
-    c.log_every_steps = 25
-    c.checkpoint_every_steps = 250
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 50
-    c.optimizer.decay_steps = (800,)
+    c.optimizer.decay_steps = (2000,)
     c.optimizer.layer_decay = 1.0
     c.optimizer.weight_decay = 0.05
     c.optimizer.grad_clip_norm = 1.0
-    # From scratch, the paper's 20:1 focal:dice collapses a model this small to all
-    # background (dice stays at 1, IoU 0); a dice-led mix learns the shapes quickly.
+    # From scratch, the paper's 20:1 focal:dice with alpha 0.25 collapses a model this small
+    # to all background for hundreds of steps; a dice-led mix with alpha 0.5 (positives and
+    # negatives weighted alike) starts learning the shapes sooner.
     c.train.focal_weight = 2.0
+    c.train.focal_alpha = 0.5
     c.train.masks_per_image = 4
-    c.train.num_iterations = 4  # first prompt, 2 point rounds, 1 mask-only round
-    c.train.num_point_rounds = 2
+    c.train.num_iterations = 3  # first prompt, 1 error-point round, 1 mask-only round
+    c.train.num_point_rounds = 1
     c.eval.num_clicks = (1, 2, 3, 5)
     c.data.source = "synthetic"
     c.data.num_threads = 2

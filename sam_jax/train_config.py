@@ -48,6 +48,7 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.train.iou_weight = 1.0
     c.train.focal_alpha = 0.25
     c.train.focal_gamma = 2.0
+    c.train.unroll_rounds = True  # unroll the prompting rounds (False: a rolled lax.scan)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "sa1b"  # sa1b (dir or .tar shards) | coco | tfds | synthetic

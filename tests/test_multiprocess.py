@@ -39,6 +39,8 @@ OVERRIDES = {
     "mesh.fsdp": 1,
     "mesh.tensor": 1,
     "optimizer.warmup_steps": 0,  # every step updates, so later losses see the all-reduce
+    "model.image_size": 128,
+    "model.patch_size": 16,  # 8 x 8 tokens: the cheapest model
     "train.masks_per_image": 2,
     "train.num_iterations": 2,
     "train.num_point_rounds": 0,

@@ -25,6 +25,7 @@ def small_config(steps: int = 2):
     c = tiny.get_config()
     c.num_train_steps = steps
     c.batch_size = 2
+    c.model.patch_size = 16  # 8 x 8 tokens at 128 px: quick to compile and run
     c.log_every_steps = 1
     c.checkpoint_every_steps = 1000
     c.optimizer.warmup_steps = 1

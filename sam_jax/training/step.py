@@ -131,6 +131,9 @@ def compute_loss(params, module: Sam, batch, key, config):
         one_round,
         (state, feedback),
         (adds_point[1:], jax.random.split(k_rounds, t.num_iterations - 1), keys[1:]),
+        # Unrolled, XLA fuses and schedules across rounds (on CPU about 1.5x faster for 3
+        # rounds); a rolled loop compiles faster for long schedules.
+        unroll=bool(t.unroll_rounds),
     )
     round_loss = jnp.concatenate([mean(loss0)[None], round_loss])
     round_iou = jnp.concatenate([mean(iou0)[None], round_iou])
