@@ -50,9 +50,18 @@ def weight_decay_mask(params):
 
 
 def _scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiply each update by its entry of `scales` (a tree of floats like the params).
+
+    Inside `multi_transform` the updates of the other group arrive as `optax.MaskedNode`
+    placeholders; `scales` leads the tree_map so such a subtree is passed through whole.
+    """
+
+    def scale(s, u):
+        return u if isinstance(u, optax.MaskedNode) else u * s
+
     def update(updates, state, params=None):
         del params
-        return jax.tree_util.tree_map(lambda u, s: u * s, updates, scales), state
+        return jax.tree_util.tree_map(scale, scales, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
