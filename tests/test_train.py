@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -221,3 +222,40 @@ def test_sharded_matches_single_device(tmp_path):
     np.testing.assert_allclose(
         _losses(tmp_path / "sharded"), _losses(tmp_path / "single"), rtol=1e-3
     )
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    from sam_jax.checkpoint import init_params
+    from sam_jax.model_configs import build_sam
+    from sam_jax.training.step import compute_loss
+
+    config = small_config()
+    config.train.num_iterations, config.train.num_point_rounds = 3, 1
+    params = init_params(config.model, 0)
+    s, k = config.model.image_size, config.train.masks_per_image
+    low = 4 * (s // config.model.patch_size)
+    rng = np.random.default_rng(0)
+    masks = np.zeros((2, k, low, low), np.uint8)
+    masks[:, 0, 5:15, 6:20] = 1
+    masks[:, 1, 20:30, 3:10] = 1
+    batch = {
+        "image": rng.integers(0, 255, (2, s, s, 3), dtype=np.uint8),
+        "input_size": np.full((2, 2), s, np.int32),
+        "masks": masks,
+        "mask_valid": np.ones((2, k), bool),
+    }
+    out = {}
+    for remat in (False, True):
+        config.model.remat = remat
+        module = build_sam(config.model)
+        fn = jax.jit(
+            jax.value_and_grad(
+                lambda p, b, key, module=module: compute_loss(p, module, b, key, config),
+                has_aux=True,
+            )
+        )
+        (loss, _), grads = fn(params, batch, jax.random.key(0))
+        out[remat] = loss, grads
+    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(out[True][1]), jax.tree.leaves(out[False][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)

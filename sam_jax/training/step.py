@@ -108,12 +108,21 @@ def compute_loss(params, module: Sam, batch, key, config):
             method=Sam.decode_all,
         )
 
+    def decode_and_score(state, mask_inputs, key):
+        logits, iou_pred = decode(state, mask_inputs, key)
+        return _round_outputs(logits, iou_pred, state, gt, valid, t)
+
+    if config.model.remat:
+        # Each round's decoder activations (the image tokens and the upscaled mask features
+        # of every mask) dwarf the encoder's at full size; keep only the round's inputs and
+        # outputs and recompute the rest in the backward pass.
+        decode_and_score = jax.checkpoint(decode_and_score)
+
     def mean(x):
         return jnp.sum(jnp.where(valid, x, 0.0)) / num_valid
 
     keys = jax.random.split(k_dec, t.num_iterations)
-    logits, iou_pred = decode(state, None, keys[0])
-    loss0, terms0, iou0, feedback = _round_outputs(logits, iou_pred, state, gt, valid, t)
+    loss0, terms0, iou0, feedback = decode_and_score(state, None, keys[0])
 
     def one_round(carry, xs):
         state, feedback = carry
@@ -123,8 +132,7 @@ def compute_loss(params, module: Sam, batch, key, config):
             jax.random.split(k_point, n), pred, gt, scale
         )
         state = jax.vmap(prompts.add_point)(state, xy, label, ok & valid & adds)
-        logits, iou_pred = decode(state, jax.lax.stop_gradient(feedback), k_dec)
-        loss, terms, iou, feedback = _round_outputs(logits, iou_pred, state, gt, valid, t)
+        loss, terms, iou, feedback = decode_and_score(state, jax.lax.stop_gradient(feedback), k_dec)
         return (state, feedback), (mean(loss), jax.tree_util.tree_map(mean, terms), mean(iou))
 
     (_, _), (round_loss, round_terms, round_iou) = jax.lax.scan(
