@@ -116,6 +116,23 @@ def param_shardings(params, mesh: Mesh, rules=DEFAULT_RULES):
     return flax.traverse_util.unflatten_dict(out)
 
 
+def constrain_batch(x: jax.Array, rules=DEFAULT_RULES) -> jax.Array:
+    """Pin an activation's leading axis to the batch mesh axes of the current mesh
+    (`jax.set_mesh`), the rest replicated; a no-op without a mesh or when the axis does not
+    divide. Without these hints GSPMD may follow the fsdp-sharded weights instead and
+    replicate the batch on every device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    axes = _mesh_axes_for("batch", rules)
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes = tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
+    size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    if size == 1 or x.ndim == 0 or x.shape[0] % size:
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(axes, *([None] * (x.ndim - 1))))
+
+
 def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
     """Leading axis over the batch mesh axes, the rest replicated."""
     axes = _mesh_axes_for("batch", rules)

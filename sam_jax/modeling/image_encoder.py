@@ -13,6 +13,7 @@ import numpy as np
 
 from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention
 from sam_jax.modeling.common import Dtype, MLPBlock, layer_norm_2d
+from sam_jax.sharding import constrain_batch
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
@@ -200,6 +201,7 @@ class ImageEncoderViT(nn.Module):
                 "pos_embed", nn.initializers.zeros, (1, grid, grid, self.embed_dim)
             )
             x = x + pos_embed.astype(x.dtype)
+        x = constrain_batch(x)
         # `deterministic` (argument 2, counting self) is a Python bool: static under remat.
         block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)  # deeper blocks drop more
@@ -216,6 +218,7 @@ class ImageEncoderViT(nn.Module):
                 drop_path=float(rates[i]),
                 name=f"blocks_{i}",
             )(x, deterministic)
+            x = constrain_batch(x)
         x = nn.Conv(self.out_chans, (1, 1), use_bias=False, dtype=self.dtype, name="neck_0")(x)
         x = layer_norm_2d("neck_1", self.dtype)(x)
         x = nn.Conv(

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from sam_jax.modeling.sam import Sam
+from sam_jax.sharding import constrain_batch
 from sam_jax.training import losses, prompts
 
 
@@ -76,8 +77,8 @@ def compute_loss(params, module: Sam, batch, key, config):
         rngs={"dropout": k_drop},
         method=Sam.embed_images,
     )
-    embeddings = jnp.repeat(embeddings, k, axis=0)  # one row per mask
-    gt = gt.reshape(n, low, low)
+    embeddings = constrain_batch(jnp.repeat(embeddings, k, axis=0))  # one row per mask
+    gt = constrain_batch(gt.reshape(n, low, low))
     frame = jnp.repeat(sizes, k, axis=0).astype(jnp.float32)
     state, found = jax.vmap(
         functools.partial(
@@ -109,8 +110,10 @@ def compute_loss(params, module: Sam, batch, key, config):
         )
 
     def decode_and_score(state, mask_inputs, key):
+        state = jax.tree_util.tree_map(constrain_batch, state)
         logits, iou_pred = decode(state, mask_inputs, key)
-        return _round_outputs(logits, iou_pred, state, gt, valid, t)
+        loss, terms, iou, feedback = _round_outputs(logits, iou_pred, state, gt, valid, t)
+        return loss, terms, iou, constrain_batch(feedback)
 
     if config.model.remat:
         # Each round's decoder activations (the image tokens and the upscaled mask features
