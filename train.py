@@ -1,7 +1,7 @@
 """Train SAM: `python train.py` runs configs/tiny.py on generated synthetic data, then
 prints held-out mIoU. See the README's Training section for TPU/GPU launches.
 
-    python train.py --config=configs/vit_h.py --workdir=gs://... --config.data.path=...
+    python train.py --config=configs/vit_h.py --workdir=/shared/vit_h --config.data.path=...
 """
 
 from __future__ import annotations

@@ -86,6 +86,13 @@ def test_resume_is_identical(one_run, tmp_path):
     np.testing.assert_allclose(resumed, _losses(straight), rtol=1e-5)
 
 
+def test_url_workdir_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="filesystem path"):
+        trainer_lib.train_and_evaluate(small_config(), "gs://bucket/run")
+    assert not any(tmp_path.iterdir())  # nothing created, not even a "gs:" folder
+
+
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     c = small_config(2)
     c.checkpoint_every_steps = 1

@@ -297,6 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     Returns {"status": "finished" | "preempted", "step": int, "eval": dict | None}.
     Raises NonFiniteLossError when the loss becomes NaN/Inf (nothing is saved after it).
     """
+    if "://" in str(workdir):
+        raise ValueError(
+            f"workdir {workdir} is a URL; it must be a filesystem path that every process sees "
+            "(local disk for one host; NFS, Filestore or a gcsfuse-mounted bucket for several)"
+        )
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
