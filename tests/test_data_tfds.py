@@ -147,17 +147,22 @@ def test_tfds_source_reads_back_images_and_masks(prepared, raw_dir):
             assert (rec_tfds[name] == rec_files[name]).all(), name
 
 
-def test_tfds_source_through_the_pipeline(prepared):
-    ds = make_dataset(
-        TfdsSource(data_dir=prepared),
+def _one_pass(source, batch_size):
+    """One unshuffled epoch of the training pipeline over `source`, in this process."""
+    return make_dataset(
+        source,
         SPEC,
-        batch_size=2,
+        batch_size=batch_size,
         num_epochs=1,
         shuffle=False,
         num_threads=1,
         process_index=0,
         process_count=1,
     )
+
+
+def test_tfds_source_through_the_pipeline(prepared):
+    ds = _one_pass(TfdsSource(data_dir=prepared), batch_size=2)
     batches = list(ds)
     assert len(batches) == NUM // 2
     assert batches[0]["image"].shape == (2, 128, 128, 3) and batches[0]["masks"].shape[1] == 6
@@ -215,16 +220,7 @@ def test_damaged_records_are_skipped_and_counted(prepared, raw_dir, tmp_path):
         prepare_example(bad[0], np.random.default_rng(0), SPEC)
     # a record whose stored image is not an image
     damaged = _prepare(raw_dir, tmp_path / "damaged", num_shards=1, extra=[(99, b"\xff\xd8 no")])
-    ds = make_dataset(
-        TfdsSource(data_dir=damaged),
-        SPEC,
-        batch_size=1,
-        num_epochs=1,
-        shuffle=False,
-        num_threads=1,
-        process_index=0,
-        process_count=1,
-    )
+    ds = _one_pass(TfdsSource(data_dir=damaged), batch_size=1)
     assert len(list(ds)) == NUM
     assert ds.skip_counter.skipped == 1 and ds.skip_counter.seen == NUM + 1
     (message,) = ds.skip_counter.messages
