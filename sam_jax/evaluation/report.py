@@ -115,12 +115,12 @@ def markdown(results: dict, num_clicks: tuple[int, ...]) -> str:
 
 def plot(results: dict, num_clicks: tuple[int, ...], path) -> None:
     """mIoU against the number of clicks, one line per dataset (and the mean)."""
-    import matplotlib
+    # A bare Figure draws with Agg without touching pyplot's global backend, so a notebook
+    # that runs an evaluation keeps showing its own figures inline.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5))
+    fig = Figure(figsize=(9, 5))
+    ax = fig.subplots()
     xs = list(num_clicks)
     for name, d in results["datasets"].items():
         if d["num_masks"]:
@@ -145,7 +145,6 @@ def plot(results: dict, num_clicks: tuple[int, ...], path) -> None:
         fig.savefig(tmp, dpi=120)
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         if os.path.exists(tmp):
             os.unlink(tmp)
 
