@@ -5,7 +5,8 @@ lr 8e-4, layer decay 0.6, drop path 0.6, MAE-initialised encoder.
         --config.data.path=/data/sa1b --config.init_from=mae:mae_pretrain_vit_base.pth
 
 Memory knobs: --config.model.remat=True (recompute encoder blocks in the backward pass)
-and --config.model.dtype=bfloat16 (bf16 activations, float32 parameters and optimizer).
+--config.model.dtype=bfloat16 (bf16 activations, float32 parameters and optimizer) and
+--config.train.masks_per_chunk (16 masks per image decoded at a time by default).
 `model` stays a full model config, so `get_config().model` builds the network.
 """
 

@@ -8,7 +8,9 @@ drop path 0.4, MAE-initialised encoder (the paper used 256 A100s for 68 hours).
 
 Memory knobs: --config.model.remat (on by default: activations of the 32 blocks do not
 fit otherwise) and --config.model.dtype=bfloat16 (bf16 activations, float32 parameters
-and optimizer state). `model` stays a full model config, so `get_config().model` works.
+and optimizer state), and --config.train.masks_per_chunk (16 of the 64 masks per image
+decoded and differentiated at a time; smaller saves more). `model` stays a full model config,
+so `get_config().model` works.
 """
 
 import ml_collections

@@ -4,7 +4,8 @@ drop path 0.4 (iterations, batch and schedule as for ViT-H: 90k, 256, decay at 6
     python train.py --config=configs/vit_l.py --workdir=WORKDIR \
         --config.data.path=/data/sa1b --config.init_from=mae:mae_pretrain_vit_large.pth
 
-Memory knobs: --config.model.remat (on by default here) and --config.model.dtype=bfloat16.
+Memory knobs: --config.model.remat (on by default here), --config.model.dtype=bfloat16 and
+--config.train.masks_per_chunk (16 masks per image decoded at a time by default).
 `model` stays a full model config, so `get_config().model` builds the network.
 """
 

@@ -48,7 +48,15 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.train.iou_weight = 1.0
     c.train.focal_alpha = 0.25
     c.train.focal_gamma = 2.0
-    c.train.unroll_rounds = True  # unroll the prompting rounds (False: a rolled lax.scan)
+    # Every round's decoder gradient is taken right after the round, so the backward pass
+    # holds one round's activations; rolled (unroll False), the rounds also run strictly one
+    # after another. Unrolled, XLA fuses across rounds: faster for a few small rounds.
+    c.train.unroll_rounds = model_type == "tiny"
+    # Masks per image decoded and differentiated at a time (0 or >= masks_per_image: all at
+    # once; otherwise it must divide masks_per_image). A chunk bounds the decoder activations
+    # in memory (at full size, each mask's image tokens and 256 x 256 upscaled features);
+    # same result up to float summation order (and decoder dropout, drawn per chunk).
+    c.train.masks_per_chunk = 0 if model_type == "tiny" else 16
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "sa1b"  # sa1b (dir or .tar shards) | coco | tfds | synthetic

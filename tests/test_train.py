@@ -231,38 +231,91 @@ def test_sharded_matches_single_device(tmp_path):
     )
 
 
-def test_remat_gives_the_same_loss_and_gradients():
-    from sam_jax.checkpoint import init_params
-    from sam_jax.model_configs import build_sam
-    from sam_jax.training.step import compute_loss
-
-    config = small_config()
-    config.train.num_iterations, config.train.num_point_rounds = 3, 1
-    params = init_params(config.model, 0)
+def _loss_batch(config):
     s, k = config.model.image_size, config.train.masks_per_image
     low = 4 * (s // config.model.patch_size)
     rng = np.random.default_rng(0)
     masks = np.zeros((2, k, low, low), np.uint8)
     masks[:, 0, 5:15, 6:20] = 1
     masks[:, 1, 20:30, 3:10] = 1
-    batch = {
+    return {
         "image": rng.integers(0, 255, (2, s, s, 3), dtype=np.uint8),
         "input_size": np.full((2, 2), s, np.int32),
         "masks": masks,
         "mask_valid": np.ones((2, k), bool),
     }
+
+
+def _assert_same_loss_and_grads(a, b, rtol_loss, rtol_grads, atol_grads):
+    np.testing.assert_allclose(a[0], b[0], rtol=rtol_loss)
+    assert jax.tree.structure(a[1]) == jax.tree.structure(b[1])
+    for x, y in zip(jax.tree.leaves(a[1]), jax.tree.leaves(b[1])):
+        np.testing.assert_allclose(x, y, rtol=rtol_grads, atol=atol_grads)
+
+
+@pytest.mark.parametrize(
+    "unroll, chunk, dropout",
+    [(True, 0, 0.1), (False, 0, 0.1), (False, 1, 0.0)],
+    ids=["unrolled", "rolled", "one-mask-chunks"],
+)
+def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, dropout):
+    """The train step differentiates each prompting round (and each chunk of masks) on its
+    own, to hold one round's (one chunk's) activations at a time; that must be exactly the
+    gradient of the summed loss. With dropout on, both paths must also draw the same masks
+    (chunks draw their own decoder dropout, so that case runs without it)."""
+    from sam_jax.checkpoint import init_params
+    from sam_jax.model_configs import build_sam
+    from sam_jax.training.step import compute_loss, loss_and_grads
+
+    config = small_config()
+    config.train.num_iterations, config.train.num_point_rounds = 4, 2
+    config.model.drop_path_rate = 0.1
+    config.model.decoder_dropout = dropout
+    params = init_params(config.model, 0)
+    batch = _loss_batch(config)
+    module = build_sam(config.model)
+    whole = jax.jit(
+        jax.value_and_grad(lambda p, b, key: compute_loss(p, module, b, key, config), has_aux=True)
+    )
+    (loss, metrics), grads = whole(params, batch, jax.random.key(1))
+    config.train.unroll_rounds, config.train.masks_per_chunk = unroll, chunk
+    by_round = jax.jit(lambda p, b, key: loss_and_grads(p, module, b, key, config))
+    (loss_r, metrics_r), grads_r = by_round(params, batch, jax.random.key(1))
+    assert float(loss) > 0
+    assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_r)) > 0
+    np.testing.assert_allclose(metrics_r["round_iou"], metrics["round_iou"], rtol=1e-5)
+    # Float32 sums in another order: relative 1e-5, absolute 1e-7 on the gradients.
+    _assert_same_loss_and_grads((loss_r, grads_r), (loss, grads), 1e-6, 1e-5, 1e-7)
+
+
+def test_masks_per_chunk_must_divide_masks_per_image():
+    from sam_jax.checkpoint import init_params
+    from sam_jax.model_configs import build_sam
+    from sam_jax.training.step import loss_and_grads
+
+    config = small_config()
+    config.train.masks_per_image, config.train.masks_per_chunk = 4, 3
+    params = init_params(config.model, 0)
+    with pytest.raises(ValueError, match="masks_per_chunk=3 must divide masks_per_image=4"):
+        loss_and_grads(
+            params, build_sam(config.model), _loss_batch(config), jax.random.key(0), config
+        )
+
+
+def test_remat_gives_the_same_loss_and_gradients():
+    from sam_jax.checkpoint import init_params
+    from sam_jax.model_configs import build_sam
+    from sam_jax.training.step import loss_and_grads
+
+    config = small_config()
+    config.train.num_iterations, config.train.num_point_rounds = 3, 1
+    params = init_params(config.model, 0)
+    batch = _loss_batch(config)
     out = {}
     for remat in (False, True):
         config.model.remat = remat
         module = build_sam(config.model)
-        fn = jax.jit(
-            jax.value_and_grad(
-                lambda p, b, key, module=module: compute_loss(p, module, b, key, config),
-                has_aux=True,
-            )
-        )
+        fn = jax.jit(lambda p, b, key, module=module: loss_and_grads(p, module, b, key, config))
         (loss, _), grads = fn(params, batch, jax.random.key(0))
         out[remat] = loss, grads
-    np.testing.assert_allclose(out[True][0], out[False][0], rtol=1e-6)
-    for a, b in zip(jax.tree.leaves(out[True][1]), jax.tree.leaves(out[False][1])):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+    _assert_same_loss_and_grads(out[True], out[False], 1e-6, 1e-4, 1e-7)

@@ -59,8 +59,17 @@ def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, loss
     return loss, terms, actual_iou, feedback
 
 
-def compute_loss(params, module: Sam, batch, key, config):
-    """Total loss and metrics of one batch (pure; differentiable in params)."""
+def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
+    """The encoder pass and every prompting round -> (total, metrics, grads or None).
+
+    with_grads=True differentiates round by round: each round's decoder gradient and its
+    gradient with respect to the image embeddings are taken right after that round, summed,
+    and the embedding gradient goes back through the encoder once at the end. The rounds only
+    see each other through prompts and stopped-gradient masks, so this is the gradient of the
+    summed loss, but the backward pass never holds more than one round's decoder activations
+    (64 masks of image tokens and 256 x 256 upscaled features each at full size), or one
+    chunk's of `train.masks_per_chunk` masks per image.
+    """
     t = config.train
     images, sizes = batch["image"], batch["input_size"]
     gt = batch["masks"].astype(bool)
@@ -68,16 +77,23 @@ def compute_loss(params, module: Sam, batch, key, config):
     n = b * k
     scale = module.image_size / low
     k_drop, k_first, k_sched, k_rounds, k_dec = jax.random.split(key, 5)
+    encoder_params = params["image_encoder"]
+    decoder_params = {name: v for name, v in params.items() if name != "image_encoder"}
 
-    embeddings = module.apply(
-        {"params": params},
-        images,
-        sizes,
-        False,
-        rngs={"dropout": k_drop},
-        method=Sam.embed_images,
-    )
-    embeddings = constrain_batch(jnp.repeat(embeddings, k, axis=0))  # one row per mask
+    def embed(encoder_params):
+        return module.apply(
+            {"params": {"image_encoder": encoder_params}},
+            images,
+            sizes,
+            False,
+            rngs={"dropout": k_drop},
+            method=Sam.embed_images,
+        )
+
+    if with_grads:
+        image_embeddings, embed_vjp = jax.vjp(embed, encoder_params)
+    else:
+        image_embeddings = embed(encoder_params)
     gt = constrain_batch(gt.reshape(n, low, low))
     frame = jnp.repeat(sizes, k, axis=0).astype(jnp.float32)
     state, found = jax.vmap(
@@ -94,9 +110,29 @@ def compute_loss(params, module: Sam, batch, key, config):
     num_valid = jnp.maximum(valid.sum(), 1)
     adds_point = prompts.interactive_schedule(k_sched, t.num_iterations, t.num_point_rounds)
 
-    def decode(state, mask_inputs, key):
-        return module.apply(
-            {"params": params},
+    chunk = min(t.masks_per_chunk or k, k)
+    if k % chunk:
+        raise ValueError(f"train.masks_per_chunk={chunk} must divide masks_per_image={k}")
+    num_chunks = k // chunk
+
+    def to_chunks(x):
+        """(b * k, ...) -> (num_chunks, b * chunk, ...): chunk j holds masks j*chunk.. of
+        every image, so each chunk keeps the image (batch) axis and its sharding."""
+        x = x.reshape(b, num_chunks, chunk, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1).reshape(num_chunks, b * chunk, *x.shape[3:])
+
+    def from_chunks(x):
+        x = x.reshape(num_chunks, b, chunk, *x.shape[2:])
+        return jnp.swapaxes(x, 0, 1).reshape(n, *x.shape[3:])
+
+    def round_loss(decoder_params, image_embeddings, state, mask_inputs, gt, valid, key):
+        """Summed loss of one round's masks (or a chunk of them) over all valid masks of the
+        batch (so chunks add up to the mean); aux: terms, IoU, fed-back logits."""
+        state = jax.tree_util.tree_map(constrain_batch, state)
+        repeats = gt.shape[0] // b
+        embeddings = constrain_batch(jnp.repeat(image_embeddings, repeats, axis=0))
+        logits, iou_pred = module.apply(
+            {"params": decoder_params},
             embeddings,
             state.point_coords,
             state.point_labels,
@@ -108,50 +144,77 @@ def compute_loss(params, module: Sam, batch, key, config):
             rngs={"dropout": key},
             method=Sam.decode_all,
         )
-
-    def decode_and_score(state, mask_inputs, key):
-        state = jax.tree_util.tree_map(constrain_batch, state)
-        logits, iou_pred = decode(state, mask_inputs, key)
         loss, terms, iou, feedback = _round_outputs(logits, iou_pred, state, gt, valid, t)
-        return loss, terms, iou, constrain_batch(feedback)
 
-    if config.model.remat:
-        # Each round's decoder activations (the image tokens and the upscaled mask features
-        # of every mask) dwarf the encoder's at full size; keep only the round's inputs and
-        # outputs and recompute the rest in the backward pass.
-        decode_and_score = jax.checkpoint(decode_and_score)
+        def mean(x):
+            return jnp.sum(jnp.where(valid, x, 0.0)) / num_valid
 
-    def mean(x):
-        return jnp.sum(jnp.where(valid, x, 0.0)) / num_valid
+        terms = jax.tree_util.tree_map(mean, terms)
+        return mean(loss), (terms, mean(iou), constrain_batch(feedback))
+
+    def chunk_round(state, mask_inputs, gt, valid, key):
+        """-> (loss, (terms, iou, feedback), (decoder grads, embedding grads) or None)."""
+        args = (decoder_params, image_embeddings, state, mask_inputs, gt, valid, key)
+        if not with_grads:
+            return *round_loss(*args), None
+        grad_fn = jax.value_and_grad(round_loss, argnums=(0, 1), has_aux=True)
+        (loss, aux), grads = grad_fn(*args)
+        return loss, aux, grads
+
+    def run_round(state, mask_inputs, key):
+        if num_chunks == 1:
+            return chunk_round(state, mask_inputs, gt, valid, key)
+        # Masks are independent given the image embeddings: decode and differentiate them
+        # a chunk at a time, in a rolled loop, so only one chunk's activations are live.
+        xs = jax.tree_util.tree_map(to_chunks, (state, mask_inputs, gt, valid))
+        xs = (*xs, jax.random.split(key, num_chunks))
+        loss, (terms, iou, _), grads = jax.eval_shape(
+            chunk_round, *jax.tree_util.tree_map(lambda x: x[0], xs)
+        )
+        zeros = jax.tree_util.tree_map(
+            lambda x: jnp.zeros(x.shape, x.dtype), (loss, (terms, iou), grads)
+        )
+
+        def body(acc, xs):
+            loss, (terms, iou, feedback), grads = chunk_round(*xs)
+            acc = jax.tree_util.tree_map(jnp.add, acc, (loss, (terms, iou), grads))
+            return acc, feedback
+
+        (loss, (terms, iou), grads), feedback = jax.lax.scan(body, zeros, xs)
+        return loss, (terms, iou, from_chunks(feedback)), grads
 
     keys = jax.random.split(k_dec, t.num_iterations)
-    loss0, terms0, iou0, feedback = decode_and_score(state, None, keys[0])
+    loss0, (terms0, iou0, feedback), grads = run_round(state, None, keys[0])
 
     def one_round(carry, xs):
-        state, feedback = carry
+        state, feedback, grads = carry
         adds, k_point, k_dec = xs
         pred = feedback > 0
         xy, label, ok = jax.vmap(prompts.error_region_point, in_axes=(0, 0, 0, None))(
             jax.random.split(k_point, n), pred, gt, scale
         )
         state = jax.vmap(prompts.add_point)(state, xy, label, ok & valid & adds)
-        loss, terms, iou, feedback = decode_and_score(state, jax.lax.stop_gradient(feedback), k_dec)
-        return (state, feedback), (mean(loss), jax.tree_util.tree_map(mean, terms), mean(iou))
+        loss, (terms, iou, feedback), round_grads = run_round(
+            state, jax.lax.stop_gradient(feedback), k_dec
+        )
+        grads = jax.tree_util.tree_map(jnp.add, grads, round_grads)
+        return (state, feedback, grads), (loss, terms, iou)
 
-    (_, _), (round_loss, round_terms, round_iou) = jax.lax.scan(
+    (_, _, grads), (round_losses, round_terms, round_iou) = jax.lax.scan(
         one_round,
-        (state, feedback),
+        (state, feedback, grads),
         (adds_point[1:], jax.random.split(k_rounds, t.num_iterations - 1), keys[1:]),
         # Unrolled, XLA fuses and schedules across rounds (on CPU about 1.5x faster for 3
-        # rounds); a rolled loop compiles faster for long schedules.
+        # rounds); a rolled loop compiles faster for long schedules and keeps the rounds
+        # strictly one after another.
         unroll=bool(t.unroll_rounds),
     )
-    round_loss = jnp.concatenate([mean(loss0)[None], round_loss])
-    round_iou = jnp.concatenate([mean(iou0)[None], round_iou])
+    round_losses = jnp.concatenate([loss0[None], round_losses])
+    round_iou = jnp.concatenate([iou0[None], round_iou])
     round_terms = {
-        key: jnp.concatenate([mean(terms0[key])[None], v]) for key, v in round_terms.items()
+        name: jnp.concatenate([terms0[name][None], v]) for name, v in round_terms.items()
     }
-    total = round_loss.sum()
+    total = round_losses.sum()
     metrics = {
         "loss": total,
         "focal": round_terms["focal"].sum(),
@@ -160,14 +223,31 @@ def compute_loss(params, module: Sam, batch, key, config):
         "round_iou": round_iou,
         "valid_masks": valid.sum(),
     }
+    if with_grads:
+        decoder_grads, embedding_grads = grads
+        (encoder_grads,) = embed_vjp(embedding_grads)
+        grads = {**decoder_grads, "image_encoder": encoder_grads}
+    return total, metrics, grads
+
+
+def compute_loss(params, module: Sam, batch, key, config):
+    """Total loss and metrics of one batch (pure; differentiable in params)."""
+    total, metrics, _ = _run_rounds(params, module, batch, key, config, with_grads=False)
     return total, metrics
+
+
+def loss_and_grads(params, module: Sam, batch, key, config):
+    """((total, metrics), grads): what `jax.value_and_grad(compute_loss, has_aux=True)` gives,
+    computed round by round (and chunk by chunk) so that peak memory holds one round's (one
+    chunk's) decoder activations."""
+    total, metrics, grads = _run_rounds(params, module, batch, key, config, with_grads=True)
+    return (total, metrics), grads
 
 
 def train_step(state: TrainState, batch, key, *, module: Sam, tx, schedule, config):
     """One optimizer step -> (new state, metrics). Pure; jit with donate_argnums=0."""
     key = jax.random.fold_in(key, state.step)
-    grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, module, batch, key, config)
+    (_, metrics), grads = loss_and_grads(state.params, module, batch, key, config)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.tree.norm(grads)
