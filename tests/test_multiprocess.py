@@ -220,11 +220,9 @@ def test_sigterm_to_one_process_stops_both(tmp_path):
             sent.append(time.perf_counter())
 
     t0 = time.perf_counter()
-    outputs = _run(
-        _two_processes(_command(workdir, num_train_steps=1000)),
-        tmp_path / "logs",
-        while_running=preempt_process_1,
-    )
+    # A checkpoint every 2 steps, 1 kept: older data-iterator states must go with them.
+    command = _command(workdir, num_train_steps=1000, checkpoint_every_steps=2, keep_checkpoints=1)
+    outputs = _run(_two_processes(command), tmp_path / "logs", while_running=preempt_process_1)
     assert sent, "training finished before the signal was sent"
     print(f"both stopped {time.perf_counter() - sent[0]:.1f} s after SIGTERM")
     print(f"two processes finished in {time.perf_counter() - t0:.0f} s")
@@ -234,7 +232,17 @@ def test_sigterm_to_one_process_stops_both(tmp_path):
     assert 2 <= stopped < 1000
     # both saved the same step: one checkpoint, both data-iterator states
     assert _checkpoint_steps(workdir) == [stopped]
+    states = workdir / checkpoints.CHECKPOINT_DIR / "data_state"
+    assert sorted(p.name for p in states.iterdir()) == [f"{stopped}.p{i}.json" for i in (0, 1)]
     for i in range(2):
-        path = workdir / checkpoints.CHECKPOINT_DIR / "data_state" / f"{stopped}.p{i}.json"
-        assert json.loads(path.read_text()), path
+        record = json.loads((states / f"{stopped}.p{i}.json").read_text())
+        assert record["process_count"] == 2 and record["iterator"], record
     assert _records(workdir)[-1]["step"] <= stopped
+
+    # One process cannot take over two processes' data-iterator states: a clear error.
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=_env()
+    )
+    assert done.returncode != 0
+    assert "written by a multi-process run" in done.stderr, done.stderr[-2000:]
+    assert _checkpoint_steps(workdir) == [stopped]  # and nothing was overwritten

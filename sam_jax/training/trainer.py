@@ -270,22 +270,57 @@ def _save(mngr, step: int, state: TrainState, it, force: bool = False) -> None:
         items["data"] = ocp.args.JsonSave(data_state)
     else:
         # orbax writes JSON items from the primary process only; every process keeps its own.
-        path = Path(mngr.directory) / "data_state" / f"{step}.p{jax.process_index()}.json"
+        path = _data_state_path(mngr, step)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(data_state))
+        record = {"process_count": jax.process_count(), "iterator": data_state}
+        path.write_text(json.dumps(record))
     mngr.save(step, args=ocp.args.Composite(**items), force=force)
+    if jax.process_count() > 1:
+        # Drop this process's data states of checkpoints the manager no longer keeps.
+        kept = set(mngr.all_steps()) | {step}
+        for old in path.parent.glob(f"*.p{jax.process_index()}.json"):
+            old_step = old.name.split(".")[0]
+            if old_step.isdigit() and int(old_step) < step and int(old_step) not in kept:
+                old.unlink(missing_ok=True)
+
+
+def _data_state_path(mngr, step: int) -> Path:
+    return Path(mngr.directory) / "data_state" / f"{step}.p{jax.process_index()}.json"
+
+
+def _process_data_state(mngr, step: int) -> dict:
+    """This process's data-iterator state of checkpoint `step` in a multi-process run; read
+    before the collective restore, so that a run with another process count fails on every
+    process alike (each iterator state covers its process's share of the data)."""
+    path = _data_state_path(mngr, step)
+    record = json.loads(path.read_text()) if path.is_file() else None
+    written_by = record.get("process_count") if isinstance(record, dict) else None
+    if record is None or written_by not in (None, jax.process_count()):
+        by = f"{written_by} processes" if written_by else "a different number of processes"
+        raise RuntimeError(
+            f"checkpoint step {step} in {mngr.directory} was written by {by}, and this run "
+            f"has {jax.process_count()}: the data-iterator states do not carry over. Resume "
+            "with the same number of processes, or train into a new workdir with "
+            "--config.init_from pointing at this one"
+        )
+    return record["iterator"] if written_by else record  # unwrapped: an older layout
 
 
 def _restore(mngr, step: int, trainer: Trainer, it):
+    data_state = None if jax.process_count() == 1 else _process_data_state(mngr, step)
+    if jax.process_count() == 1 and not (Path(mngr.directory) / str(step) / "data").is_dir():
+        raise RuntimeError(
+            f"checkpoint step {step} in {mngr.directory} was written by a multi-process run "
+            "(its data-iterator states are per process) and this run has one process. Resume "
+            "with the same number of processes, or train into a new workdir with "
+            "--config.init_from pointing at this one"
+        )
     items = {"state": ocp.args.StandardRestore(trainer.abstract_state)}
     if jax.process_count() == 1:
         items["data"] = ocp.args.JsonRestore()
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
     if jax.process_count() == 1:
         data_state = restored["data"]
-    else:
-        path = Path(mngr.directory) / "data_state" / f"{step}.p{jax.process_index()}.json"
-        data_state = json.loads(path.read_text())
     it.set_state(data_state)
     return restored["state"]
 
