@@ -39,6 +39,20 @@ def _all_masks(source, index):
     return image, decode_masks(load_rles(desc, *image.shape[:2]), desc["key"])
 
 
+@pytest.mark.parametrize("images_per_shard", [4, None])
+def test_synthetic_written_by_workers_is_identical(sa1b_tars, sa1b_dir, tmp_path, images_per_shard):
+    """Two worker processes write byte-identical shards (or loose files) to one process."""
+    reference = sa1b_tars if images_per_shard else sa1b_dir
+    num = 9 if images_per_shard else 4
+    paths = write_sa1b(
+        tmp_path, num, seed=3, size=(96, 128), images_per_shard=images_per_shard, num_workers=2
+    )
+    names = sorted(p.name for p in reference.iterdir())
+    assert sorted(p.name for p in paths) == names == sorted(p.name for p in tmp_path.iterdir())
+    for name in names:
+        assert (tmp_path / name).read_bytes() == (reference / name).read_bytes(), name
+
+
 def test_synthetic_is_deterministic_and_masks_disjoint():
     a_img, a_masks = make_example(5, seed=1)
     b_img, b_masks = make_example(5, seed=1)

@@ -118,6 +118,35 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _example_files(image_id: int, seed: int, size, max_objects: int) -> dict[str, bytes]:
+    image, masks = make_example(image_id, seed, size, max_objects)
+    return {
+        f"sa_{image_id}.jpg": _encode_jpeg(image),
+        f"sa_{image_id}.json": json.dumps(sa1b_annotation(image_id, *size, masks)).encode(),
+    }
+
+
+def _write_part(out: Path, ids: list[int], shard: int | None, seed, size, max_objects):
+    """Write the examples `ids` as loose files (shard None) or as `sa_{shard:06d}.tar`."""
+    if shard is None:
+        written = []
+        for image_id in ids:
+            for name, data in _example_files(image_id, seed, size, max_objects).items():
+                (out / name).write_bytes(data)
+                written.append(out / name)
+        return written
+    path = out / f"sa_{shard:06d}.tar"
+    tmp = path.with_suffix(".tar.tmp")
+    with tarfile.open(tmp, "w") as tar:
+        for image_id in ids:
+            for name, data in _example_files(image_id, seed, size, max_objects).items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    tmp.replace(path)  # a shard is complete or absent
+    return [path]
+
+
 def write_sa1b(
     output_dir,
     num_images: int,
@@ -126,39 +155,33 @@ def write_sa1b(
     images_per_shard: int | None = 16,
     first_id: int = 1,
     max_objects: int = 8,
+    num_workers: int = 1,
 ) -> list[Path]:
     """Write `num_images` synthetic SA-1B examples.
 
     images_per_shard=None writes loose `sa_N.jpg`/`sa_N.json` files into output_dir;
     otherwise `sa_000000.tar`, `sa_000001.tar`, ... each holding that many pairs (as the
-    released shards do). Returns the written paths.
+    released shards do). num_workers > 1 writes shards (or groups of loose files) in that
+    many processes; every example is a function of (seed, id), so the files are the same.
+    Returns the written paths.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    tar = None
-    for k in range(num_images):
-        image_id = first_id + k
-        image, masks = make_example(image_id, seed, size, max_objects)
-        files = {
-            f"sa_{image_id}.jpg": _encode_jpeg(image),
-            f"sa_{image_id}.json": json.dumps(sa1b_annotation(image_id, *size, masks)).encode(),
-        }
-        if images_per_shard is None:
-            for name, data in files.items():
-                (out / name).write_bytes(data)
-                written.append(out / name)
-            continue
-        if k % images_per_shard == 0:
-            if tar is not None:
-                tar.close()
-            path = out / f"sa_{k // images_per_shard:06d}.tar"
-            tar = tarfile.open(path, "w")
-            written.append(path)
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    if tar is not None:
-        tar.close()
-    return written
+    ids = list(range(first_id, first_id + num_images))
+    per_part = images_per_shard or max(1, -(-num_images // (4 * max(1, num_workers))))
+    parts = [
+        (ids[i : i + per_part], None if images_per_shard is None else i // per_part)
+        for i in range(0, num_images, per_part)
+    ]
+    args = [(out, part, shard, seed, tuple(size), max_objects) for part, shard in parts]
+    if num_workers > 1 and len(parts) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        # spawn: the caller may hold JAX's threads, which a fork would copy mid-flight.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+            results = list(pool.map(_write_part, *zip(*args)))
+    else:
+        results = [_write_part(*a) for a in args]
+    return [path for written in results for path in written]

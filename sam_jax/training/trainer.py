@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -58,7 +59,11 @@ def make_source(config: ml_collections.ConfigDict, workdir: Path):
         if jax.process_index() == 0 and not done.exists():
             log.info("writing %d synthetic training images to %s", d.synthetic_images, root)
             synthetic.write_sa1b(
-                root, d.synthetic_images, seed=config.seed, size=tuple(d.synthetic_size)
+                root,
+                d.synthetic_images,
+                seed=config.seed,
+                size=tuple(d.synthetic_size),
+                num_workers=min(os.cpu_count() or 1, 16),
             )
             done.write_text("ok\n")
         _sync("synthetic-data")
