@@ -135,24 +135,45 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: ml_collections.Con
     Raises CheckpointError listing every missing key, unexpected key and shape mismatch.
     """
     expected = flax.traverse_util.flatten_dict(abstract_params(config))
-    by_torch_key = {torch_key(path): path for path in expected}
+    flat = convert_by_table(
+        state_dict,
+        expected,
+        {torch_key(path): path for path in expected},
+        _IGNORED_TORCH_KEYS,
+        f"model type {config.model_type!r}",
+    )
+    return flax.traverse_util.unflatten_dict(flat)
+
+
+def convert_by_table(
+    state_dict: Mapping[str, Any],
+    expected: Mapping[tuple[str, ...], Any],
+    by_torch_key: Mapping[str, tuple[str, ...]],
+    ignored: set[str],
+    what: str,
+) -> dict[tuple[str, ...], np.ndarray]:
+    """PyTorch state dict -> flat float32 params {flax path: array} in Flax layouts, one
+    entry per `by_torch_key` item, checked against the shapes in `expected` (flat, by path).
+
+    Raises CheckpointError naming every missing key, unexpected key (other than `ignored`)
+    and shape mismatch, as not fitting `what`.
+    """
     missing, mismatched, flat = [], [], {}
     for key, path in by_torch_key.items():
         if key not in state_dict:
             missing.append(key)
             continue
-        value = _to_numpy(state_dict[key])
-        value = _to_flax_layout(path, value)
+        torch_value = _to_numpy(state_dict[key])
+        value = _to_flax_layout(path, torch_value)
         want = expected[path].shape
         if value.shape != want:
-            torch_shape = tuple(_to_numpy(state_dict[key]).shape)
+            torch_want = _from_flax_layout(path, np.zeros(want, np.int8)).shape
             mismatched.append(
-                f"{key}: checkpoint {torch_shape}, model expects "
-                f"{tuple(_from_flax_layout(path, np.zeros(want, np.int8)).shape)}"
+                f"{key}: checkpoint {tuple(torch_value.shape)}, model expects {tuple(torch_want)}"
             )
             continue
         flat[path] = np.asarray(value, np.float32)
-    unexpected = sorted(set(state_dict) - set(by_torch_key) - _IGNORED_TORCH_KEYS)
+    unexpected = sorted(set(state_dict) - set(by_torch_key) - set(ignored))
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing key(s): " + ", ".join(sorted(missing)))
@@ -161,10 +182,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: ml_collections.Con
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
     if problems:
-        raise CheckpointError(
-            f"checkpoint does not fit model type {config.model_type!r}:\n  " + "\n  ".join(problems)
-        )
-    return flax.traverse_util.unflatten_dict(flat)
+        raise CheckpointError(f"checkpoint does not fit {what}:\n  " + "\n  ".join(problems))
+    return flat
 
 
 def to_state_dict(params: Mapping) -> dict[str, np.ndarray]:

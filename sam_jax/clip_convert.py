@@ -23,7 +23,11 @@ from typing import Any
 import flax
 import numpy as np
 
-from sam_jax.checkpoint import CheckpointError
+from sam_jax.checkpoint import (
+    CheckpointError,
+    _from_flax_layout,
+    convert_by_table,
+)
 from sam_jax.modeling.clip import CLIPConfig, abstract_params
 
 # Entries of CLIP checkpoints that are not parameters of the two towers: the contrastive
@@ -47,32 +51,6 @@ def clip_torch_key(flax_path: tuple[str, ...]) -> str:
     leaf = flax_path[-1]
     key = ".".join([*parts, "weight" if leaf in ("kernel", "scale", "embedding") else leaf])
     return re.sub(r"\.attn\.in_proj\.(weight|bias)$", r".attn.in_proj_\1", key)
-
-
-def _to_flax_layout(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-    if flax_path[-1] != "kernel":
-        return value
-    if value.ndim == 2:  # Linear (out, in) -> Dense (in, out)
-        return value.T
-    if value.ndim == 4:  # Conv2d (out, in, kh, kw) -> (kh, kw, in, out)
-        return value.transpose(2, 3, 1, 0)
-    return value
-
-
-def _from_flax_layout(flax_path: tuple[str, ...], value: np.ndarray) -> np.ndarray:
-    if flax_path[-1] != "kernel":
-        return value
-    if value.ndim == 2:
-        return value.T
-    if value.ndim == 4:
-        return value.transpose(3, 2, 0, 1)
-    return value
-
-
-def _to_numpy(value) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor
-        return value.detach().cpu().float().numpy()
-    return np.asarray(value)
 
 
 def _shape(state_dict: Mapping[str, Any], key: str) -> tuple[int, ...]:
@@ -129,34 +107,13 @@ def convert_clip_state_dict(
     if config is None:
         config = infer_config(state_dict, quick_gelu)
     expected = flax.traverse_util.flatten_dict(abstract_params(config))
-    by_torch_key = {clip_torch_key(path): path for path in expected}
-    missing, mismatched, flat = [], [], {}
-    for key, path in by_torch_key.items():
-        if key not in state_dict:
-            missing.append(key)
-            continue
-        torch_value = _to_numpy(state_dict[key])
-        value = _to_flax_layout(path, torch_value)
-        want = expected[path].shape
-        if value.shape != want:
-            torch_want = _from_flax_layout(path, np.zeros(want, np.int8)).shape
-            mismatched.append(
-                f"{key}: checkpoint {tuple(torch_value.shape)}, model expects {tuple(torch_want)}"
-            )
-            continue
-        flat[path] = np.asarray(value, np.float32)
-    unexpected = sorted(set(state_dict) - set(by_torch_key) - _IGNORED_KEYS)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): " + ", ".join(sorted(missing)))
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): " + ", ".join(unexpected))
-    if mismatched:
-        problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
-    if problems:
-        raise CheckpointError(
-            f"checkpoint does not fit the CLIP config {config}:\n  " + "\n  ".join(problems)
-        )
+    flat = convert_by_table(
+        state_dict,
+        expected,
+        {clip_torch_key(path): path for path in expected},
+        _IGNORED_KEYS,
+        f"the CLIP config {config}",
+    )
     return config, flax.traverse_util.unflatten_dict(flat)
 
 
