@@ -63,6 +63,7 @@ def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> Sa
             )
         else:
             state_dict = ckpt.load_torch_state_dict(checkpoint)
+            config.text_embed_dim = ckpt.text_embed_dim_of(state_dict)
             params = ckpt.convert_state_dict(state_dict, config)
     unknown = sorted(set(overrides) - set(config))
     if unknown:

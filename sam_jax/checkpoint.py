@@ -186,6 +186,15 @@ def convert_by_table(
     return flat
 
 
+TEXT_PROJECTION_KEY = "prompt_encoder.text_projection.weight"
+
+
+def text_embed_dim_of(state_dict: Mapping[str, Any]) -> int:
+    """The text-prompt embedding size a state dict was trained with (0: none, as released)."""
+    weight = state_dict.get(TEXT_PROJECTION_KEY)
+    return 0 if weight is None else int(weight.shape[1])
+
+
 def to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
     """Our params -> a PyTorch-named state dict of numpy arrays (inverse of conversion)."""
     flat = flax.traverse_util.flatten_dict(params)

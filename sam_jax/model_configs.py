@@ -43,6 +43,7 @@ def model_config(model_type: str) -> ml_collections.ConfigDict:
     c.attention_impl = "xla"
     c.remat = False
     c.drop_path_rate = 0.0
+    c.text_embed_dim = 0  # CLIP embedding size of a text prompt (0: no text prompt, as released)
     if model_type == "tiny":
         c.image_size = 256
         c.window_size = 7  # 16x16 tokens: windows need padding, as ViT's 64 / 14 do

@@ -78,15 +78,19 @@ class SamPredictor:
 
     max_batch: prompts decoded per compiled call in `predict_batch` (bounds memory; larger
     batches are split).
+    text_encoder: a `sam_jax.text.ClipEncoder`, for `predict(text=...)` with a model trained
+    with text prompts (`model.text_embed_dim` > 0). Precomputed CLIP embeddings
+    (`text_embedding=`) need none.
     """
 
-    def __init__(self, sam_model: SamModel, max_batch: int = 64):
+    def __init__(self, sam_model: SamModel, max_batch: int = 64, text_encoder=None):
         if not isinstance(sam_model, SamModel):
             raise TypeError(
                 "SamPredictor takes the model bundle from sam_model_registry[...](...), got "
                 f"{type(sam_model).__name__}"
             )
         self.model = sam_model
+        self.text_encoder = text_encoder
         self.max_batch = _bucket(max_batch)
         self.transform = ResizeLongestSide(sam_model.image_size)
         module = sam_model.module
@@ -155,12 +159,16 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        text: str | None = None,
+        text_embedding: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One prompt -> (masks (C, H, W), iou_predictions (C,), low_res_logits (C, 256, 256)).
 
         point_coords (N, 2) as (x, y) pixels of the original image; point_labels (N,) with
         1 foreground, 0 background; box (4,) XYXY; mask_input (1, 256, 256) low-res logits
-        from a previous call.
+        from a previous call. text: a phrase ("a red car"), embedded by the predictor's
+        `text_encoder`; or text_embedding (D,), a CLIP embedding computed elsewhere. Text
+        combines with points and boxes; only models trained with text prompts take it.
         """
         self._require_image()
         if point_coords is not None:
@@ -186,8 +194,22 @@ class SamPredictor:
             if mask_input.shape != (1, m, m):
                 raise ValueError(f"mask_input must be (1, {m}, {m}), got shape {mask_input.shape}")
             mask_input = mask_input[None]
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"text must be a string, got {type(text).__name__}")
+        if text_embedding is not None:
+            text_embedding = np.asarray(text_embedding)
+            if text_embedding.ndim != 1:
+                raise ValueError(f"text_embedding must be (D,), got shape {text_embedding.shape}")
+            text_embedding = text_embedding[None]
         masks, iou, low_res = self.predict_batch(
-            point_coords, point_labels, box, mask_input, multimask_output, return_logits
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            multimask_output,
+            return_logits,
+            texts=None if text is None else [text],
+            text_embeddings=text_embedding,
         )
         return masks[0], iou[0], low_res[0]
 
@@ -199,21 +221,25 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        texts: list[str] | None = None,
+        text_embeddings: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B prompts at once -> (masks (B, C, H, W), iou (B, C), low_res_logits (B, C, 256, 256)).
 
         point_coords (B, N, 2), point_labels (B, N), boxes (B, 4) XYXY, mask_input
-        (B, 1, 256, 256) or (B, 256, 256); coordinates in the original image frame.
+        (B, 1, 256, 256) or (B, 256, 256); coordinates in the original image frame. texts:
+        B phrases, or text_embeddings (B, D) CLIP embeddings (see `predict`).
         """
         self._require_image()
         coords, labels, boxes, masks, batch = self._check_prompts(
             point_coords, point_labels, boxes, mask_input
         )
+        text, batch = self._check_text(texts, text_embeddings, batch, point_coords, boxes)
         out_masks, out_iou, out_low = [], [], []
         for start in range(0, batch, self.max_batch):
             stop = min(start + self.max_batch, batch)
             masks_c, iou_c, low_c = self._decode_chunk(
-                coords, labels, boxes, masks, start, stop, multimask_output, return_logits
+                coords, labels, boxes, masks, text, start, stop, multimask_output, return_logits
             )
             out_masks.append(masks_c)
             out_iou.append(iou_c)
@@ -221,7 +247,7 @@ class SamPredictor:
         return np.concatenate(out_masks), np.concatenate(out_iou), np.concatenate(out_low)
 
     def _decode_chunk(
-        self, coords, labels, boxes, masks, start, stop, multimask_output, return_logits
+        self, coords, labels, boxes, masks, text, start, stop, multimask_output, return_logits
     ):
         n = stop - start
         padded = _bucket(n)
@@ -254,6 +280,7 @@ class SamPredictor:
             valid,
             take(boxes),
             take(masks),
+            take(text),
             self._post_rows,
             self._post_cols,
             multimask_output=bool(multimask_output),
@@ -335,14 +362,49 @@ class SamPredictor:
                     f"mask_input must be (B, 1, {m}, {m}), got shape {np.shape(mask_input)}"
                 )
             agree(masks.shape[0], "mask_input")
-        if batch is None:
-            batch = 1
         if batch == 0:
             raise ValueError("no prompts: the batch is empty")
         return coords, labels, boxes, masks, batch
 
+    def _check_text(self, texts, text_embeddings, batch, point_coords, boxes):
+        """-> (text embeddings (B, D) float32 or None, batch size)."""
+        if texts is None and text_embeddings is None:
+            return None, 1 if batch is None else batch
+        dim = self.model.module.text_embed_dim
+        if not dim:
+            raise ValueError(
+                "this model takes no text prompts (it was not trained with them: "
+                "model.text_embed_dim is 0)"
+            )
+        if texts is not None and text_embeddings is not None:
+            raise ValueError("give texts or text_embeddings, not both")
+        if texts is not None:
+            if isinstance(texts, str):
+                raise TypeError("texts must be a list of strings (for one string use predict)")
+            if self.text_encoder is None:
+                raise ValueError(
+                    "text prompts need a CLIP text encoder: SamPredictor(model, text_encoder="
+                    "sam_jax.text.ClipEncoder.from_checkpoint(PATH)), or pass text_embeddings"
+                )
+            emb = self.text_encoder.encode_texts(list(texts))
+        else:
+            emb = np.asarray(text_embeddings, dtype=np.float32)
+            if emb.ndim != 2:
+                raise ValueError(f"text_embeddings must be (B, D), got shape {emb.shape}")
+            if not np.all(np.isfinite(emb)):
+                raise ValueError("text_embeddings contain NaN or infinite values")
+            if not np.all(np.linalg.norm(emb, axis=-1) > 0):
+                raise ValueError("a text embedding is all zeros")
+        if emb.shape[1] != dim:
+            raise ValueError(f"text embeddings are {emb.shape[1]}-d; this model takes {dim}-d")
+        if batch is not None and emb.shape[0] != batch:
+            raise ValueError(f"{emb.shape[0]} text prompt(s) for a batch of {batch} other prompts")
+        if emb.shape[0] == 0:
+            raise ValueError("no prompts: the batch is empty")
+        return emb, emb.shape[0]
 
-def _decode(module, params, features, coords, labels, valid, boxes, masks, multimask_output):
+
+def _decode(module, params, features, coords, labels, valid, boxes, masks, text, multimask_output):
     return module.apply(
         {"params": params},
         features,
@@ -352,6 +414,7 @@ def _decode(module, params, features, coords, labels, valid, boxes, masks, multi
         masks,
         multimask_output,
         valid,
+        text_embeddings=text,
         method=Sam.decode,
     )
 
@@ -365,13 +428,14 @@ def _decode_and_postprocess(
     valid,
     boxes,
     masks,
+    text,
     rows,
     cols,
     multimask_output,
     return_logits,
 ):
     low, iou = _decode(
-        module, params, features, coords, labels, valid, boxes, masks, multimask_output
+        module, params, features, coords, labels, valid, boxes, masks, text, multimask_output
     )
     out = postprocess_masks(low, rows, cols)
     return (out if return_logits else out > Sam.mask_threshold), iou, low

@@ -1,12 +1,19 @@
-"""Segment one image from point and box prompts; write the mask and an overlay.
+"""Segment one image from point, box or text prompts; write the mask and an overlay.
 
     python -m sam_jax.segment --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
         --image photo.jpg --point 500,375 --output out/mask.png
 
+Text prompts need a model trained with them (`text.source` in training) and the CLIP whose
+embeddings it was trained on:
+
+    python -m sam_jax.segment --checkpoint workdir/text --model-type vit_h \
+        --clip-checkpoint ViT-L-14-336.pt --text "a red car" --image street.jpg --output car.png
+
 With no --image, a built-in synthetic picture is used; with no --checkpoint, the model is
 randomly initialised (the masks then mean nothing: it only shows the pipeline runs). With
 no prompt, one foreground point at the image centre is used. Writes OUT (the best mask by
-predicted IoU, 0/255 PNG), OUT's stem + "_overlay.png", and prints a JSON summary.
+predicted IoU, 0/255 PNG), OUT's stem + "_overlay.png", and prints a JSON summary. Text
+combines with points and boxes; with text alone no centre point is added.
 """
 
 from __future__ import annotations
@@ -67,6 +74,18 @@ def load_image(path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {e}") from None
 
 
+def _load_embedding(path) -> np.ndarray:
+    try:
+        value = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValueError(f"text embedding not found: {path}") from None
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read text embedding {path}: {e}") from None
+    if not isinstance(value, np.ndarray) or value.ndim != 1:
+        raise ValueError(f"text embedding {path} must hold one (D,) vector")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sam_jax.segment",
@@ -87,6 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--box", metavar="X0,Y0,X1,Y1", type=lambda s: _parse_floats(s, (4,), "--box")
     )
+    parser.add_argument("--text", help="text prompt, embedded by --clip-checkpoint's text tower")
+    parser.add_argument(
+        "--clip-checkpoint", help="open_clip / OpenAI CLIP weights (.pt, .bin, .safetensors)"
+    )
+    parser.add_argument(
+        "--clip-gelu",
+        action="store_true",
+        help="the CLIP uses exact GELU (most open_clip trainings) instead of QuickGELU (OpenAI)",
+    )
+    parser.add_argument(
+        "--text-embedding",
+        metavar="FILE.npy",
+        help="a precomputed (D,) CLIP embedding to prompt with, instead of --text",
+    )
     parser.add_argument(
         "--single-mask",
         action="store_true",
@@ -94,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", required=True, help="mask PNG to write")
     args = parser.parse_args(argv)
+    if args.text is not None and args.text_embedding is not None:
+        parser.error("give --text or --text-embedding, not both")
+    if args.text is not None and args.clip_checkpoint is None:
+        parser.error("--text needs --clip-checkpoint (the CLIP the model was trained with)")
 
     from sam_jax import SamPredictor, sam_model_registry
     from sam_jax.checkpoint import CheckpointError
@@ -108,7 +145,18 @@ def main(argv: list[str] | None = None) -> int:
                 "note: no --checkpoint, using random weights (masks are meaningless)",
                 file=sys.stderr,
             )
-        predictor = SamPredictor(model)
+        text_encoder = None
+        if args.text is not None:
+            from sam_jax.text import ClipEncoder
+
+            text_encoder = ClipEncoder.from_checkpoint(
+                args.clip_checkpoint, quick_gelu=not args.clip_gelu, chunk=1
+            )
+        text_embedding = None
+        if args.text_embedding is not None:
+            text_embedding = _load_embedding(args.text_embedding)
+        has_text = args.text is not None or text_embedding is not None
+        predictor = SamPredictor(model, text_encoder=text_encoder)
         t1 = time.perf_counter()
         predictor.set_image(image)
         t2 = time.perf_counter()
@@ -117,11 +165,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.point:
             points = np.array([p[:2] for p in args.point])
             labels = np.array([int(p[2]) if len(p) == 3 else 1 for p in args.point])
-        elif args.box is None:
+        elif args.box is None and not has_text:
             points, labels = np.array([[w / 2, h / 2]]), np.array([1])
         box = None if args.box is None else np.array(args.box)
         masks, scores, _ = predictor.predict(
-            points, labels, box, multimask_output=not args.single_mask
+            points,
+            labels,
+            box,
+            multimask_output=not args.single_mask,
+            text=args.text,
+            text_embedding=text_embedding,
         )
         t3 = time.perf_counter()
     except (ValueError, CheckpointError) as e:
@@ -138,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "mask": str(out),
         "overlay": str(overlay_path),
         "image_size": [h, w],
+        "text": args.text,
         "predicted_iou": float(scores[best]),
         "area": int(masks[best].sum()),
         "all_predicted_ious": [round(float(s), 4) for s in scores],

@@ -65,6 +65,25 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.data.max_area_fraction = 0.9
     c.data.synthetic_images = 512
     c.data.synthetic_size = (256, 320)
+    c.data.synthetic_max_objects = 8
+    c.data.synthetic_classes = False  # named shape/colour classes, for text prompts
+
+    # Text prompts (the paper's text-to-mask variant; off in the released models). Masks
+    # with an embedding (CLIP of the mask's crop, or of its category name) get it as their
+    # first prompt with probability `prob`, instead of a point or box; the error-point
+    # rounds follow as usual. Needs model.text_embed_dim = the embedding size.
+    c.text = ml_collections.ConfigDict()
+    c.text.source = ""  # "" (off) | clip | categories
+    c.text.prob = 0.5
+    c.text.min_area = 100 * 100  # pixels of the original image (the paper: 100^2)
+    c.text.crop_expand = 1.5  # clip: the crop is the mask's box grown this much, squared
+    c.text.clip_checkpoint = ""  # clip: open_clip / OpenAI CLIP weights (ViT-L/14@336: 768-d)
+    c.text.clip_quick_gelu = True  # OpenAI-trained CLIP uses QuickGELU
+    c.text.cache_dir = ""  # clip: per-image embedding cache (default WORKDIR/mask_embeddings)
+    # categories: a .npz of category name -> vector (e.g. CLIP text embeddings of the names),
+    # or "synthetic" for the stand-in vectors of the synthetic classes
+    c.text.category_embeddings = ""
+    c.text.category_noise = 0.0  # categories: per-mask noise on the unit vectors
 
     c.eval = ml_collections.ConfigDict()
     c.eval.synthetic_images = 20  # held out (another seed) after training

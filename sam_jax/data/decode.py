@@ -95,19 +95,29 @@ def _coco_segmentation(seg, h: int, w: int, where: str) -> dict:
 
 def load_rles(desc: dict, h: int, w: int) -> list[dict]:
     """Compressed RLEs of all instances of an example (image size (h, w))."""
+    return load_annotations(desc, h, w)[0]
+
+
+def load_annotations(desc: dict, h: int, w: int) -> tuple[list[dict], list[dict]]:
+    """(RLEs, annotation records) of all instances of an example, in the same order.
+
+    The records are the annotation objects as stored (COCO or SA-1B JSON, which may carry a
+    `category` name); sources that hold bare RLEs give empty records.
+    """
     loc, key = desc["annotation"], desc["key"]
     if loc[0] == "coco":
         _, ah, aw, anns = loc
         if (ah, aw) != (h, w):
             raise DataError(f"{key}: image is {h}x{w} but the annotation says {ah}x{aw}")
-        out = []
+        rles, records = [], []
         for ann in anns:
             if "segmentation" in ann:
                 where = f"{key} annotation {ann.get('id')}"
-                out.append(_coco_segmentation(ann["segmentation"], h, w, where))
-        return out
+                rles.append(_coco_segmentation(ann["segmentation"], h, w, where))
+                records.append(ann)
+        return rles, records
     if loc[0] == "rles":
-        return [_check_rle(r, h, w, key) for r in loc[1]]
+        return [_check_rle(r, h, w, key) for r in loc[1]], [{} for _ in loc[1]]
     if loc[0] == "error":
         raise DataError(f"{key}: unreadable record: {loc[1]}")
     try:
@@ -118,12 +128,12 @@ def load_rles(desc: dict, h: int, w: int) -> list[dict]:
         raise DataError(f"{key}: malformed annotation JSON {loc[1]}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise DataError(f"{key}: annotation JSON {loc[1]} has no 'annotations' list")
-    out = []
+    rles = []
     for i, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "segmentation" not in ann:
             raise DataError(f"{key}: annotation {i} has no segmentation")
-        out.append(_check_rle(ann["segmentation"], h, w, f"{key} annotation {i}"))
-    return out
+        rles.append(_check_rle(ann["segmentation"], h, w, f"{key} annotation {i}"))
+    return rles, data["annotations"]
 
 
 def decode_masks(rles: list[dict], key: str = "") -> np.ndarray:
@@ -146,17 +156,21 @@ class ExampleSpec:
     min_area: int = 1  # pixels, in the original image
 
 
-def prepare_example(desc: dict, rng: np.random.Generator, spec: ExampleSpec) -> dict:
+def prepare_example(desc: dict, rng: np.random.Generator, spec: ExampleSpec, embedder=None) -> dict:
     """Descriptor -> fixed-shape record.
 
     image (S, S, 3) uint8 resized so its longest side is S and zero-padded bottom/right;
     input_size (2,) its (h, w) before padding; masks (K, L, L) uint8 0/1 in the padded
     low-res frame (L = S/4), K = max_masks, sampled without replacement; mask_valid (K,).
+
+    With an `embedder` (`sam_jax.data.mask_embeddings`) the record also holds each sampled
+    mask's prompt embedding: text_embedding (K, D) float32 and text_valid (K,) bool (False
+    for masks the embedder skips, e.g. below its minimum area, and for padding).
     """
     key = desc["key"]
     image = load_image(desc["image"])
     h, w = image.shape[:2]
-    rles = load_rles(desc, h, w)
+    rles, records = load_annotations(desc, h, w)
     if not rles:
         raise DataError(f"{key}: no annotations")
     try:
@@ -189,12 +203,19 @@ def prepare_example(desc: dict, rng: np.random.Generator, spec: ExampleSpec) -> 
     valid[:k] = out_masks[:k].reshape(k, -1).any(axis=1)  # tiny masks can vanish at low res
     if not valid.any():
         raise DataError(f"{key}: every sampled mask vanishes at {low}x{low}")
-    return {
+    record = {
         "image": canvas,
         "input_size": np.array([nh, nw], np.int32),
         "masks": out_masks,
         "mask_valid": valid,
     }
+    if embedder is not None:
+        emb, ok = embedder(key, image, rles, records, chosen, areas)
+        record["text_embedding"] = np.zeros((spec.max_masks, embedder.dim), np.float32)
+        record["text_embedding"][:k] = emb
+        record["text_valid"] = np.zeros(spec.max_masks, bool)
+        record["text_valid"][:k] = ok & valid[:k]
+    return record
 
 
 class SkipCounter:

@@ -24,13 +24,14 @@ log = logging.getLogger(__name__)
 class PrepareOrSkip:
     """`prepare_example`, turning a bad example into None (logged and counted)."""
 
-    def __init__(self, spec: ExampleSpec, counter: SkipCounter):
+    def __init__(self, spec: ExampleSpec, counter: SkipCounter, embedder=None):
         self.spec = spec
         self.counter = counter
+        self.embedder = embedder
 
     def __call__(self, desc: dict, rng: np.random.Generator):
         try:
-            record = prepare_example(desc, rng, self.spec)
+            record = prepare_example(desc, rng, self.spec, self.embedder)
         except DataError as e:
             log.warning("skipping example: %s", e)
             self.counter.skip(str(e))
@@ -54,11 +55,13 @@ def make_dataset(
     process_index: int | None = None,
     process_count: int | None = None,
     counter: SkipCounter | None = None,
+    embedder=None,
 ) -> grain.IterDataset:
     """A batched, checkpointable dataset over `source` for this process.
 
     batch_size is per process. num_epochs None repeats forever (reshuffling each epoch).
-    Bad examples are dropped (see `counter`); batches are always full.
+    Bad examples are dropped (see `counter`); batches are always full. `embedder` adds each
+    sampled mask's prompt embedding (see `prepare_example`).
     """
     if len(source) == 0:
         raise DataError("the data source is empty")
@@ -73,7 +76,7 @@ def make_dataset(
     ds = ds.repeat(num_epochs)
     # Random before sharding: an example's RNG follows its global index, so N processes
     # build the same global batch as one process does.
-    ds = ds.random_map(PrepareOrSkip(spec, counter), seed=seed)
+    ds = ds.random_map(PrepareOrSkip(spec, counter, embedder), seed=seed)
     ds = ds[process_index::process_count]
     ds = ds.filter(lambda r: r is not None)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4))

@@ -142,12 +142,19 @@ class CocoSource:
             )
         if not self.image_dir.is_dir():
             raise DataError(f"COCO image directory not found: {self.image_dir}")
+        names = {
+            c.get("id"): c.get("name")
+            for c in data.get("categories") or []
+            if isinstance(c, dict) and isinstance(c.get("name"), str)
+        }
         by_image: dict = {}
         for ann in data["annotations"]:
             if not isinstance(ann, dict) or "image_id" not in ann:
                 continue
             if ann.get("iscrowd", 0) and not include_crowd:
                 continue
+            if "category" not in ann and ann.get("category_id") in names:
+                ann = {**ann, "category": names[ann["category_id"]]}  # for text prompts
             by_image.setdefault(ann["image_id"], []).append(ann)
         self._items = []
         for img in data["images"]:

@@ -5,6 +5,11 @@ written in SA-1B's release format (`sa_N.jpg` + `sa_N.json`, COCO RLE masks, pac
 The shapes cover what segmentation has to get right: many sizes, overlaps and occlusion
 (masks are the visible parts), holes (rings), thin parts (bars, crosses) and textures that
 differ from the background. Everything is a function of the seed.
+
+`classes=True` draws instead pictures for text prompts: objects of named classes ("red
+disk", ...; `CLASSES`), each class at most once per picture, on a grey background; each
+annotation then carries its `category`. `class_embeddings` gives stand-in vectors for those
+names (see there).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,14 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 SHAPES = ("disk", "ring", "rectangle", "triangle", "bar", "cross")
+CLASS_COLOURS = {
+    "red": (205, 45, 40),
+    "green": (45, 165, 65),
+    "blue": (45, 80, 215),
+    "yellow": (230, 205, 45),
+}
+CLASS_SHAPES = ("disk", "rectangle", "triangle", "cross")
+CLASSES = tuple(f"{c} {s}" for c in CLASS_COLOURS for s in CLASS_SHAPES)
 
 
 def _shape_window(kind: str, h: int, w: int, rng: np.random.Generator):
@@ -64,6 +78,54 @@ def _texture(rows: slice, cols: slice, rng: np.random.Generator) -> np.ndarray:
     return base + rng.normal(0, rng.uniform(3, 15), (*yy.shape, 3))
 
 
+def make_class_example(
+    index: int, seed: int = 0, size: tuple[int, int] = (256, 320), max_objects: int = 4
+) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
+    """Image (H, W, 3) uint8, visible instance masks and their class names (`CLASSES`):
+    2..max_objects objects of distinct classes, plain colours with mild noise, on a grey
+    textured background."""
+    rng = np.random.default_rng([seed, index, 1])
+    h, w = size
+    grey = rng.uniform(70, 180)
+    image = grey + rng.normal(0, 6, (h, w, 1)) + np.zeros((h, w, 3))
+    owner = np.full((h, w), -1, np.int32)
+    n = int(rng.integers(2, max(2, min(max_objects, len(CLASSES))) + 1))
+    names = [CLASSES[i] for i in rng.choice(len(CLASSES), n, replace=False)]
+    for i, name in enumerate(names):
+        colour, shape = name.split(" ")
+        rows, cols, mask = _shape_window(shape, h, w, rng)
+        texture = np.asarray(CLASS_COLOURS[colour], np.float64) + rng.normal(0, 8, (*mask.shape, 3))
+        image[rows, cols][mask] = texture[mask]
+        owner[rows, cols][mask] = i
+    kept = [(owner == i, name) for i, name in enumerate(names) if (owner == i).sum() >= 16]
+    return (
+        image.round().clip(0, 255).astype(np.uint8),
+        [m for m, _ in kept],
+        [name for _, name in kept],
+    )
+
+
+def class_embeddings(dim: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Stand-in "CLIP" vectors for `CLASSES`: unit(colour vector + shape vector), one random
+    Gaussian vector per colour word and per shape word.
+
+    No trained CLIP can be used here, so these play both of its parts: the text embedding of
+    a class name and (with per-mask noise, see `CategoryEmbedder`) the image embedding of a
+    crop of an object of that class. Like CLIP's space they are aligned across the two and
+    compositional: "red disk" is near "red cross" and near "blue disk".
+    """
+
+    def word(w: str) -> np.ndarray:
+        return np.random.default_rng([seed, zlib.crc32(w.encode())]).standard_normal(dim)
+
+    out = {}
+    for name in CLASSES:
+        colour, shape = name.split(" ")
+        v = word(colour) + word(shape)
+        out[name] = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
 def make_example(
     index: int, seed: int = 0, size: tuple[int, int] = (256, 320), max_objects: int = 8
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -82,8 +144,10 @@ def make_example(
     return image.round().clip(0, 255).astype(np.uint8), masks
 
 
-def sa1b_annotation(image_id: int, h: int, w: int, masks: list[np.ndarray]) -> dict:
-    """The SA-1B JSON record for one image."""
+def sa1b_annotation(
+    image_id: int, h: int, w: int, masks: list[np.ndarray], categories: list[str] | None = None
+) -> dict:
+    """The SA-1B JSON record for one image (with each mask's `category` when given)."""
     anns = []
     for i, m in enumerate(masks):
         rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
@@ -106,6 +170,8 @@ def sa1b_annotation(image_id: int, h: int, w: int, masks: list[np.ndarray]) -> d
                 "point_coords": [[float(xs[k]), float(ys[k])]],
             }
         )
+        if categories is not None:
+            anns[-1]["category"] = categories[i]
     return {
         "image": {"image_id": image_id, "width": w, "height": h, "file_name": f"sa_{image_id}.jpg"},
         "annotations": anns,
@@ -118,20 +184,28 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _example_files(image_id: int, seed: int, size, max_objects: int) -> dict[str, bytes]:
-    image, masks = make_example(image_id, seed, size, max_objects)
+def _example_files(
+    image_id: int, seed: int, size, max_objects: int, classes: bool = False
+) -> dict[str, bytes]:
+    if classes:
+        image, masks, names = make_class_example(image_id, seed, size, max_objects)
+    else:
+        (image, masks), names = make_example(image_id, seed, size, max_objects), None
+    record = sa1b_annotation(image_id, *size, masks, names)
     return {
         f"sa_{image_id}.jpg": _encode_jpeg(image),
-        f"sa_{image_id}.json": json.dumps(sa1b_annotation(image_id, *size, masks)).encode(),
+        f"sa_{image_id}.json": json.dumps(record).encode(),
     }
 
 
-def _write_part(out: Path, ids: list[int], shard: int | None, seed, size, max_objects):
+def _write_part(
+    out: Path, ids: list[int], shard: int | None, seed, size, max_objects, classes=False
+):
     """Write the examples `ids` as loose files (shard None) or as `sa_{shard:06d}.tar`."""
     if shard is None:
         written = []
         for image_id in ids:
-            for name, data in _example_files(image_id, seed, size, max_objects).items():
+            for name, data in _example_files(image_id, seed, size, max_objects, classes).items():
                 (out / name).write_bytes(data)
                 written.append(out / name)
         return written
@@ -139,7 +213,7 @@ def _write_part(out: Path, ids: list[int], shard: int | None, seed, size, max_ob
     tmp = path.with_suffix(".tar.tmp")
     with tarfile.open(tmp, "w") as tar:
         for image_id in ids:
-            for name, data in _example_files(image_id, seed, size, max_objects).items():
+            for name, data in _example_files(image_id, seed, size, max_objects, classes).items():
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
@@ -156,6 +230,7 @@ def write_sa1b(
     first_id: int = 1,
     max_objects: int = 8,
     num_workers: int = 1,
+    classes: bool = False,
 ) -> list[Path]:
     """Write `num_images` synthetic SA-1B examples.
 
@@ -163,7 +238,8 @@ def write_sa1b(
     otherwise `sa_000000.tar`, `sa_000001.tar`, ... each holding that many pairs (as the
     released shards do). num_workers > 1 writes shards (or groups of loose files) in that
     many processes; every example is a function of (seed, id), so the files are the same.
-    Returns the written paths.
+    classes=True writes `make_class_example` pictures (text-prompt training), each
+    annotation with its `category`. Returns the written paths.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +249,7 @@ def write_sa1b(
         (ids[i : i + per_part], None if images_per_shard is None else i // per_part)
         for i in range(0, num_images, per_part)
     ]
-    args = [(out, part, shard, seed, tuple(size), max_objects) for part, shard in parts]
+    args = [(out, part, shard, seed, tuple(size), max_objects, classes) for part, shard in parts]
     if num_workers > 1 and len(parts) > 1:
         import concurrent.futures
         import multiprocessing

@@ -1,4 +1,5 @@
-"""Prompt encoder: points and boxes -> sparse tokens, a low-res mask -> dense embedding."""
+"""Prompt encoder: points, boxes and text (CLIP) embeddings -> sparse tokens, a low-res mask
+-> dense embedding."""
 
 from __future__ import annotations
 
@@ -50,12 +51,18 @@ class PromptEncoder(nn.Module):
     labels 1 foreground, 0 background, -1 "not a point". `point_valid (B, N)` marks padding
     entries (added only to keep shapes static): they produce tokens the decoder ignores.
     Returns `(sparse (B, T, C), sparse_valid (B, T) bool, dense (B, h, w, C))`.
+
+    With `text_embed_dim > 0` (not in the released models) a text prompt is a CLIP embedding
+    (B, text_embed_dim), L2-normalised here, projected to one more sparse token after the
+    point and box tokens (the paper's text-to-mask variant). It combines with points and
+    boxes; `text_valid (B,)` marks the rows that have one.
     """
 
     embed_dim: int = 256
     image_embedding_size: tuple[int, int] = (64, 64)
     input_image_size: tuple[int, int] = (1024, 1024)
     mask_in_chans: int = 16
+    text_embed_dim: int = 0
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -75,6 +82,8 @@ class PromptEncoder(nn.Module):
         )
         self.mask_downscaling_4 = layer_norm_2d("mask_downscaling_4", self.dtype)
         self.mask_downscaling_6 = nn.Conv(self.embed_dim, (1, 1), dtype=self.dtype)
+        if self.text_embed_dim:
+            self.text_projection = nn.Dense(self.embed_dim)
 
     @property
     def mask_input_size(self) -> tuple[int, int]:
@@ -111,6 +120,20 @@ class PromptEncoder(nn.Module):
         emb = emb.at[:, 1].add(self._embedding(self.point_embeddings[3]))
         return emb
 
+    def embed_text(self, text: jax.Array) -> jax.Array:
+        """CLIP embeddings (B, D) -> tokens (B, 1, C). The embedding is normalised first, so
+        raw and normalised CLIP outputs give the same token."""
+        if not self.text_embed_dim:
+            raise ValueError("this model has no text prompt (model.text_embed_dim is 0)")
+        if text.shape[-1] != self.text_embed_dim:
+            raise ValueError(
+                f"text embedding has {text.shape[-1]} features, the model takes "
+                f"{self.text_embed_dim}"
+            )
+        text = text.astype(jnp.float32)
+        text = text / jnp.maximum(jnp.linalg.norm(text, axis=-1, keepdims=True), 1e-6)
+        return self.text_projection(text)[:, None]
+
     def embed_masks(self, masks: jax.Array) -> jax.Array:
         """Mask logits (B, 4h, 4w) -> (B, h, w, C)."""
         x = masks[..., None].astype(self.dtype)
@@ -125,14 +148,19 @@ class PromptEncoder(nn.Module):
         masks: jax.Array | None = None,
         point_valid: jax.Array | None = None,
         box_valid: jax.Array | None = None,
+        text: jax.Array | None = None,
+        text_valid: jax.Array | None = None,
     ):
         """box_valid (B,) lets one batch mix prompts with and without a box (training): the
         box tokens of rows without one are ignored and, as the reference does for point-only
-        prompts, their "not a point" token takes part instead."""
+        prompts, their "not a point" token takes part instead. text (B, text_embed_dim) and
+        text_valid (B,) do the same for text prompts."""
         if points is not None:
             bs = points[0].shape[0]
         elif boxes is not None:
             bs = boxes.shape[0]
+        elif text is not None:
+            bs = text.shape[0]
         elif masks is not None:
             bs = masks.shape[0]
         else:
@@ -156,6 +184,10 @@ class PromptEncoder(nn.Module):
             sparse.append(self._embed_boxes(boxes))
             bv = jnp.ones((bs,), bool) if box_valid is None else box_valid.astype(bool)
             valid.append(jnp.broadcast_to(bv[:, None], (bs, 2)))
+        if text is not None:
+            sparse.append(self.embed_text(text))
+            tv = jnp.ones((bs,), bool) if text_valid is None else text_valid.astype(bool)
+            valid.append(tv[:, None])
         no_mask = self._embedding(self.no_mask_embed)  # read always: init creates it
         if masks is not None:
             dense = self.embed_masks(masks)

@@ -45,6 +45,7 @@ class Sam(nn.Module):
     attention_impl: str = "xla"
     remat: bool = False
     drop_path_rate: float = 0.0
+    text_embed_dim: int = 0  # > 0: a CLIP embedding of this size is also a prompt
 
     mask_threshold = 0.0
 
@@ -76,6 +77,7 @@ class Sam(nn.Module):
             image_embedding_size=(e, e),
             input_image_size=(self.image_size, self.image_size),
             mask_in_chans=self.mask_in_chans,
+            text_embed_dim=self.text_embed_dim,
             dtype=self.dtype,
         )
         self.mask_decoder = MaskDecoder(
@@ -131,11 +133,15 @@ class Sam(nn.Module):
         point_valid: jax.Array | None = None,
         deterministic: bool = True,
         box_valid: jax.Array | None = None,
+        text_embeddings: jax.Array | None = None,
+        text_valid: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Prompts in the model's input frame -> (low-res logits (B, M, 4h, 4w), iou (B, M)).
 
         point_valid (B, N) marks padding points; box_valid (B,) marks rows without a box
-        when boxes are given for a mixed batch (see PromptEncoder).
+        when boxes are given for a mixed batch (see PromptEncoder). text_embeddings
+        (B, text_embed_dim) are CLIP embeddings (text or image), text_valid (B,) the rows
+        that have one; only for models built with text_embed_dim > 0.
         """
         masks, iou_pred = self.decode_all(
             image_embeddings,
@@ -146,6 +152,8 @@ class Sam(nn.Module):
             point_valid,
             box_valid,
             deterministic,
+            text_embeddings,
+            text_valid,
         )
         if multimask_output:
             return masks[:, 1:], iou_pred[:, 1:]
@@ -161,12 +169,20 @@ class Sam(nn.Module):
         point_valid: jax.Array | None = None,
         box_valid: jax.Array | None = None,
         deterministic: bool = True,
+        text_embeddings: jax.Array | None = None,
+        text_valid: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Like `decode` but every mask token's output: (B, 1 + num_multimask, 4h, 4w) and
         (B, 1 + num_multimask); index 0 is the single-mask output. Training picks per row."""
         points = None if point_coords is None else (point_coords, point_labels)
         sparse, sparse_valid, dense = self.prompt_encoder(
-            points, boxes, mask_inputs, point_valid=point_valid, box_valid=box_valid
+            points,
+            boxes,
+            mask_inputs,
+            point_valid=point_valid,
+            box_valid=box_valid,
+            text=text_embeddings,
+            text_valid=text_valid,
         )
         return self.mask_decoder(
             image_embeddings,
@@ -181,9 +197,21 @@ class Sam(nn.Module):
     def __call__(
         self, images, point_coords, point_labels, boxes, mask_inputs, multimask_output: bool = True
     ):
-        """Every submodule once (used by `init`): one image, point + box + mask prompts."""
+        """Every submodule once (used by `init`): one image, point + box + mask prompts, and
+        a text prompt when the model takes one."""
         emb = self.embed_images(images)
-        return self.decode(emb, point_coords, point_labels, boxes, mask_inputs, multimask_output)
+        text = None
+        if self.text_embed_dim:
+            text = jnp.ones((emb.shape[0], self.text_embed_dim), jnp.float32)
+        return self.decode(
+            emb,
+            point_coords,
+            point_labels,
+            boxes,
+            mask_inputs,
+            multimask_output,
+            text_embeddings=text,
+        )
 
 
 def _bilinear_matrix(out_size: int, in_size: int) -> np.ndarray:

@@ -183,12 +183,38 @@ def initial_params(config: ml_collections.ConfigDict) -> dict:
     elif ckpt.is_converted_checkpoint(source):
         loaded_config, loaded = ckpt.load_converted(source)
     else:
-        loaded_config = model
-        loaded = ckpt.convert_state_dict(ckpt.load_torch_state_dict(source), model)
+        state_dict = ckpt.load_torch_state_dict(source)
+        loaded_config = model.copy_and_resolve_references()
+        loaded_config.text_embed_dim = ckpt.text_embed_dim_of(state_dict)
+        loaded = ckpt.convert_state_dict(state_dict, loaded_config)
     if loaded_config.model_type != model.model_type:
         raise ckpt.CheckpointError(
             f"init_from {source} is a {loaded_config.model_type!r} model, config wants "
             f"{model.model_type!r}"
         )
-    log.info("initialised all parameters from %s", source)
+    loaded = _match_text_prompt(loaded, params, model.text_embed_dim, source)
+    log.info("initialised parameters from %s", source)
     return jax.tree_util.tree_map(np.asarray, loaded)
+
+
+def _match_text_prompt(loaded: dict, fresh: dict, text_embed_dim: int, source) -> dict:
+    """Fine-tuning a released (text-free) SAM with text prompts on keeps the fresh text
+    projection; a checkpoint whose text projection does not fit the config is an error."""
+    have = loaded["prompt_encoder"].get("text_projection")
+    want = fresh["prompt_encoder"].get("text_projection")
+    if have is None and want is None:
+        return loaded
+    if want is None:
+        raise ckpt.CheckpointError(
+            f"init_from {source} takes {have['kernel'].shape[0]}-d text prompts; set "
+            "model.text_embed_dim to that to keep them"
+        )
+    if have is None:
+        log.info("init_from %s has no text prompt: text projection initialised fresh", source)
+        return {**loaded, "prompt_encoder": {**loaded["prompt_encoder"], "text_projection": want}}
+    if have["kernel"].shape != want["kernel"].shape:
+        raise ckpt.CheckpointError(
+            f"init_from {source} takes {have['kernel'].shape[0]}-d text prompts, config "
+            f"model.text_embed_dim is {text_embed_dim}"
+        )
+    return loaded

@@ -34,7 +34,9 @@ class PromptState(NamedTuple):
 
     point_coords (P, 2) float32 (x, y) in the model frame; point_labels (P,) int32, 1
     foreground, 0 background, -1 in unused slots; point_valid (P,) bool, False for unused
-    slots (pass as `Sam.decode(point_valid=...)`); box (4,) float32 XYXY; has_box () bool.
+    slots (pass as `Sam.decode(point_valid=...)`); box (4,) float32 XYXY; has_box () bool;
+    text (D,) float32, a text-prompt embedding (D = 0 when training without text prompts);
+    has_text () bool.
     """
 
     point_coords: jax.Array
@@ -42,16 +44,20 @@ class PromptState(NamedTuple):
     point_valid: jax.Array
     box: jax.Array
     has_box: jax.Array
+    text: jax.Array
+    has_text: jax.Array
 
 
-def empty_state(max_points: int = MAX_POINTS) -> PromptState:
-    """A state with no points and no box."""
+def empty_state(max_points: int = MAX_POINTS, text_dim: int = 0) -> PromptState:
+    """A state with no points, no box and no text."""
     return PromptState(
         point_coords=jnp.zeros((max_points, 2), jnp.float32),
         point_labels=jnp.full((max_points,), -1, jnp.int32),
         point_valid=jnp.zeros((max_points,), bool),
         box=jnp.zeros((4,), jnp.float32),
         has_box=jnp.zeros((), bool),
+        text=jnp.zeros((text_dim,), jnp.float32),
+        has_text=jnp.zeros((), bool),
     )
 
 
@@ -173,15 +179,29 @@ def first_prompt(
     noise_frac: float = 0.1,
     max_noise: float = 20.0,
     frame_hw: jax.Array | tuple[float, float] | None = None,
+    text: jax.Array | None = None,
+    text_ok: jax.Array | None = None,
+    text_prob: float = 0.0,
 ) -> tuple[PromptState, jax.Array]:
     """Iteration 0: a foreground point uniform in the mask, or (with `box_prob`) its noisy
-    box -> (state, found). With an empty mask the state holds no prompt and found=False."""
+    box -> (state, found). With an empty mask the state holds no prompt and found=False.
+
+    With a text-prompt embedding `text` (D,) for the mask (`text_ok` True), the first prompt
+    is that embedding alone with probability `text_prob` (the paper's text-to-mask
+    training); the state then carries D-wide text fields either way.
+    """
     k_choice, k_point, k_box = jax.random.split(key, 3)
     use_box = jax.random.bernoulli(k_choice, box_prob)
     xy, found = sample_point_in_mask(k_point, mask, scale)
     box, _ = noisy_box(k_box, mask, noise_frac, max_noise, scale, frame_hw)
-    state = empty_state(max_points)
-    state = add_point(state, xy, 1, found & ~use_box)
+    state = empty_state(max_points, 0 if text is None else text.shape[-1])
+    use_text = jnp.zeros((), bool)
+    if text is not None:
+        ok = jnp.ones((), bool) if text_ok is None else jnp.asarray(text_ok, bool)
+        use_text = ok & jax.random.bernoulli(jax.random.fold_in(key, 1), text_prob)
+        state = state._replace(text=text.astype(jnp.float32), has_text=found & use_text)
+    use_box = use_box & ~use_text
+    state = add_point(state, xy, 1, found & ~use_box & ~use_text)
     has_box = found & use_box
     state = state._replace(box=jnp.where(has_box, box, 0.0), has_box=has_box)
     return state, found

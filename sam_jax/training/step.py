@@ -34,7 +34,11 @@ def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, loss
     A single point alone is ambiguous: the three multimask outputs are scored and only the
     best is trained. Any other prompt uses the single-mask output (token 0), as the paper does.
     """
-    num_prompts = state.point_valid.sum(-1) + state.has_box.astype(jnp.int32)
+    num_prompts = (
+        state.point_valid.sum(-1)
+        + state.has_box.astype(jnp.int32)
+        + state.has_text.astype(jnp.int32)
+    )
     multimask = (num_prompts == 1) & ~state.has_box
     kw = dict(
         focal_weight=loss_cfg.focal_weight,
@@ -96,6 +100,15 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
         image_embeddings = embed(encoder_params)
     gt = constrain_batch(gt.reshape(n, low, low))
     frame = jnp.repeat(sizes, k, axis=0).astype(jnp.float32)
+    text_kwargs = {}
+    text_dim = module.text_embed_dim
+    if text_dim:  # a text-prompt model: embeddings from the batch when it has them
+        if "text_embedding" in batch:
+            text_kwargs["text"] = batch["text_embedding"].reshape(n, text_dim)
+            text_kwargs["text_ok"] = batch["text_valid"].reshape(n)
+        else:
+            text_kwargs["text"] = jnp.zeros((n, text_dim), jnp.float32)
+            text_kwargs["text_ok"] = jnp.zeros((n,), bool)
     state, found = jax.vmap(
         functools.partial(
             prompts.first_prompt,
@@ -104,8 +117,9 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
             box_prob=t.box_prob,
             noise_frac=t.box_noise_frac,
             max_noise=t.box_max_noise,
+            text_prob=config.text.prob if "text" in config else 0.0,
         )
-    )(jax.random.split(k_first, n), gt, frame_hw=frame)
+    )(jax.random.split(k_first, n), gt, frame_hw=frame, **text_kwargs)
     valid = batch["mask_valid"].reshape(n) & found
     num_valid = jnp.maximum(valid.sum(), 1)
     adds_point = prompts.interactive_schedule(k_sched, t.num_iterations, t.num_point_rounds)
@@ -141,6 +155,8 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
             state.point_valid,
             state.has_box,
             False,
+            state.text if text_dim else None,
+            state.has_text if text_dim else None,
             rngs={"dropout": key},
             method=Sam.decode_all,
         )

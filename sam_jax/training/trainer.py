@@ -30,6 +30,7 @@ from sam_jax import sharding as shd
 from sam_jax.checkpoint import abstract_params
 from sam_jax.data import synthetic
 from sam_jax.data.decode import ExampleSpec
+from sam_jax.data.mask_embeddings import make_embedder
 from sam_jax.data.pipeline import make_dataset
 from sam_jax.model_configs import build_sam
 from sam_jax.training import checkpoints
@@ -63,7 +64,9 @@ def make_source(config: ml_collections.ConfigDict, workdir: Path):
                 d.synthetic_images,
                 seed=config.seed,
                 size=tuple(d.synthetic_size),
+                max_objects=d.synthetic_max_objects,
                 num_workers=min(os.cpu_count() or 1, 16),
+                classes=d.synthetic_classes,
             )
             done.write_text("ok\n")
         _sync("synthetic-data")
@@ -159,6 +162,14 @@ class Trainer:
             "masks": shd.batch_sharding(self.mesh, 4),
             "mask_valid": shd.batch_sharding(self.mesh, 2),
         }
+        if config.text.source:
+            if not config.model.text_embed_dim:
+                raise ValueError(
+                    f"text.source={config.text.source!r} needs model.text_embed_dim > 0 (the "
+                    "size of the prompt embeddings)"
+                )
+            self.batch_shardings["text_embedding"] = shd.batch_sharding(self.mesh, 3)
+            self.batch_shardings["text_valid"] = shd.batch_sharding(self.mesh, 2)
         self.step_fn = jax.jit(
             functools.partial(
                 train_step, module=self.module, tx=self.tx, schedule=self.schedule, config=config
@@ -373,6 +384,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         batch_size=config.batch_size // jax.process_count(),
         seed=config.seed,
         num_threads=config.data.num_threads,
+        embedder=make_embedder(config, workdir),
     )
     it = iter(ds)
 
@@ -477,37 +489,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             (workdir / "eval.json").write_text(json.dumps(result, indent=2))
             clicks = ", ".join(f"{k} click(s) {v:.3f}" for k, v in result["miou"].items())
             print(f"held-out synthetic mIoU ({result['num_masks']} masks): {clicks}", flush=True)
+            if "text" in result:
+                t = result["text"]
+                kinds = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in t["miou"].items())
+                print(f"held-out text-prompt mIoU ({t['num_masks']} masks): {kinds}", flush=True)
     return {"status": status, "step": step_now, "eval": result}
 
 
 # ---------------------------------------------------------------------------- held-out eval
-def _click(gt: np.ndarray, pred: np.ndarray) -> tuple[float, float, int]:
-    """Next click of the usual protocol: the interior-most pixel of the larger error region
-    (false negative -> positive click, false positive -> negative)."""
-    from scipy import ndimage
-
-    fn, fp = gt & ~pred, pred & ~gt
-    dfn = ndimage.distance_transform_edt(np.pad(fn, 1))[1:-1, 1:-1]
-    dfp = ndimage.distance_transform_edt(np.pad(fp, 1))[1:-1, 1:-1]
-    positive = dfn.max() >= dfp.max()
-    dist = dfn if positive else dfp
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return float(x), float(y), int(positive)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
 def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     """Interactive mIoU after k clicks on synthetic images drawn with another seed.
 
-    First click at the mask's interior-most pixel with three outputs, scored by the
-    highest predicted IoU; later clicks add to the prompt, with the previous low-res logits
-    as mask input and the single output.
+    The evaluation harness's clicks (`sam_jax.evaluation.protocol`): the first at the
+    mask's interior-most pixel with three outputs, scored by the highest predicted IoU;
+    later ones on the larger error region, added to the prompt with the previous low-res
+    logits as mask input and the single output. With text prompts on synthetic named
+    objects, also the text-prompt evaluation (`evaluation.text_prompts`).
     """
     from sam_jax.build import SamModel
+    from sam_jax.evaluation.protocol import first_click, mask_iou, next_click
     from sam_jax.predictor import SamPredictor
 
     e = config.eval
@@ -517,28 +517,47 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     seed = config.seed + 1_000_003
     ious = {k: [] for k in num_clicks}
     for index in range(e.synthetic_images):
-        image, masks = synthetic.make_example(index, seed, tuple(config.data.synthetic_size))
+        size = tuple(config.data.synthetic_size)
+        if config.data.synthetic_classes:
+            image, masks, _ = synthetic.make_class_example(
+                index, seed, size, config.data.synthetic_max_objects
+            )
+        else:
+            image, masks = synthetic.make_example(index, seed, size)
         predictor.set_image(image)
         for gt in masks:
-            points, labels, mask_input = [], [], None
+            points, labels, clicked, mask_input = [], [], [], None
             pred = np.zeros_like(gt)
             for k in range(1, num_clicks[-1] + 1):
-                x, y, label = _click(gt, pred)
-                points.append((x, y))
-                labels.append(label)
-                out, scores, low = predictor.predict(
-                    np.array(points, np.float32),
-                    np.array(labels, np.int32),
-                    mask_input=mask_input,
-                    multimask_output=k == 1,
-                )
-                best = int(np.argmax(scores))
-                pred, mask_input = out[best], low[best : best + 1]
+                click = first_click(gt) if k == 1 else next_click(gt, pred, clicked)
+                if click is not None:  # None: the mask is exact, nothing left to click
+                    points.append((click.x, click.y))
+                    labels.append(int(click.positive))
+                    clicked.append((click.y, click.x))
+                    out, scores, low = predictor.predict(
+                        np.array(points, np.float32),
+                        np.array(labels, np.int32),
+                        mask_input=mask_input,
+                        multimask_output=k == 1,
+                    )
+                    best = int(np.argmax(scores))
+                    pred, mask_input = out[best], low[best : best + 1]
                 if k in ious:
-                    ious[k].append(_iou(pred, gt))
-    return {
+                    ious[k].append(mask_iou(pred, gt))
+    result = {
         "num_images": e.synthetic_images,
         "num_masks": len(ious[num_clicks[0]]),
         "seed": seed,
         "miou": {str(k): float(np.mean(v)) for k, v in ious.items()},
     }
+    if config.data.synthetic_classes and config.model.text_embed_dim:
+        from sam_jax.evaluation.text_prompts import evaluate_text_prompts
+
+        result["text"] = evaluate_text_prompts(
+            model,
+            e.synthetic_images,
+            seed,
+            tuple(config.data.synthetic_size),
+            config.data.synthetic_max_objects,
+        )
+    return result
