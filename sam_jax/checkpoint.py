@@ -195,10 +195,13 @@ def text_embed_dim_of(state_dict: Mapping[str, Any]) -> int:
     return 0 if weight is None else int(weight.shape[1])
 
 
-def to_state_dict(params: Mapping) -> dict[str, np.ndarray]:
-    """Our params -> a PyTorch-named state dict of numpy arrays (inverse of conversion)."""
+def to_state_dict(params: Mapping, key_fn=None) -> dict[str, np.ndarray]:
+    """Our params -> a PyTorch-named state dict of numpy arrays (inverse of conversion).
+
+    key_fn maps a Flax path to its PyTorch name (default: SAM's, `torch_key`)."""
+    key_fn = torch_key if key_fn is None else key_fn
     flat = flax.traverse_util.flatten_dict(params)
-    return {torch_key(p): _from_flax_layout(p, np.asarray(v)) for p, v in flat.items()}
+    return {key_fn(p): _from_flax_layout(p, np.asarray(v)) for p, v in flat.items()}
 
 
 def _to_numpy(value) -> np.ndarray:

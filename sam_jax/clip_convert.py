@@ -23,11 +23,7 @@ from typing import Any
 import flax
 import numpy as np
 
-from sam_jax.checkpoint import (
-    CheckpointError,
-    _from_flax_layout,
-    convert_by_table,
-)
+from sam_jax.checkpoint import CheckpointError, convert_by_table, to_state_dict
 from sam_jax.modeling.clip import CLIPConfig, abstract_params
 
 # Entries of CLIP checkpoints that are not parameters of the two towers: the contrastive
@@ -119,8 +115,7 @@ def convert_clip_state_dict(
 
 def to_clip_state_dict(params: Mapping) -> dict[str, np.ndarray]:
     """Our params -> a PyTorch-named CLIP state dict of numpy arrays (inverse of conversion)."""
-    flat = flax.traverse_util.flatten_dict(params)
-    return {clip_torch_key(p): _from_flax_layout(p, np.asarray(v)) for p, v in flat.items()}
+    return to_state_dict(params, clip_torch_key)
 
 
 def _strip_prefix(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
