@@ -335,20 +335,25 @@ def test_clip_crop_embedder_caches_per_image(tmp_path):
     assert clip.calls == 2
 
 
-def test_coco_source_names_categories(tmp_path):
+def test_synthetic_coco_with_class_names(tmp_path):
+    from sam_jax.data.decode import ExampleSpec, prepare_example
     from sam_jax.data.sources import CocoSource
 
-    (tmp_path / "img").mkdir()
-    coco = {
-        "images": [{"id": 1, "file_name": "a.jpg", "height": 4, "width": 4}],
-        "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 7, "segmentation": [[0, 0, 3, 0, 3, 3]]}
-        ],
-        "categories": [{"id": 7, "name": "zebra"}],
-    }
-    (tmp_path / "ann.json").write_text(json.dumps(coco))
-    desc = CocoSource(tmp_path / "ann.json", tmp_path / "img")[0]
-    assert desc["annotation"][3][0]["category"] == "zebra"
+    n_images, n_anns = synthetic.write_coco(
+        tmp_path / "ann.json", tmp_path / "img", 3, seed=4, classes=True
+    )
+    assert n_images == 3 and n_anns >= 6
+    source = CocoSource(tmp_path / "ann.json", tmp_path / "img")
+    # The source names each annotation's category from the COCO category list.
+    names = [ann["category"] for ann in source[0]["annotation"][3]]
+    assert names == synthetic.make_class_example(1, 4, max_objects=8)[2]
+    embedder = me.CategoryEmbedder(synthetic.class_embeddings(DIM))
+    rec = prepare_example(source[0], np.random.default_rng(0), ExampleSpec(128, 32, 4), embedder)
+    assert rec["text_valid"].sum() == rec["mask_valid"].sum() > 0
+    plain = synthetic.write_coco(tmp_path / "plain.json", tmp_path / "img2", 2)
+    data = json.loads((tmp_path / "plain.json").read_text())
+    assert plain == (2, len(data["annotations"]))
+    assert data["categories"] == [{"id": 1, "name": "shape"}]
 
 
 # ------------------------------------------------------------------ predictor and CLI

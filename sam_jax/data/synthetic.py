@@ -261,3 +261,60 @@ def write_sa1b(
     else:
         results = [_write_part(*a) for a in args]
     return [path for written in results for path in written]
+
+
+def write_coco(
+    annotation_file,
+    image_dir,
+    num_images: int,
+    seed: int = 0,
+    size: tuple[int, int] = (256, 320),
+    max_objects: int = 8,
+    classes: bool = False,
+    first_id: int = 1,
+) -> tuple[int, int]:
+    """Write synthetic pictures as a COCO instance-segmentation set: JPEGs in `image_dir`
+    and one JSON with RLE masks -> (number of images, number of annotations).
+
+    Plain pictures get a single category "shape"; classes=True writes `make_class_example`
+    pictures with one category per class name in `CLASSES`.
+    """
+    image_dir = Path(image_dir)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    names = list(CLASSES) if classes else ["shape"]
+    category_id = {name: i + 1 for i, name in enumerate(names)}
+    images, annotations = [], []
+    for image_id in range(first_id, first_id + num_images):
+        if classes:
+            image, masks, labels = make_class_example(image_id, seed, size, max_objects)
+        else:
+            image, masks = make_example(image_id, seed, size, max_objects)
+            labels = ["shape"] * len(masks)
+        h, w = image.shape[:2]
+        file_name = f"{image_id:06d}.jpg"
+        (image_dir / file_name).write_bytes(_encode_jpeg(image))
+        images.append({"id": image_id, "file_name": file_name, "height": h, "width": w})
+        for mask, label in zip(masks, labels, strict=True):
+            rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id[label],
+                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                    "area": int(mask.sum()),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+                    "iscrowd": 0,
+                }
+            )
+    coco = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i, "name": name} for name, i in category_id.items()],
+    }
+    path = Path(annotation_file)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(coco))
+    tmp.replace(path)
+    return len(images), len(annotations)
