@@ -7,8 +7,9 @@ Pictures hold 2-4 objects of distinct classes ("red disk", "blue cross", ... 16 
 No trained CLIP can be loaded here, so stand-in vectors play CLIP's part
 (`sam_jax.data.synthetic.class_embeddings`): each mask's "crop embedding" is its class
 vector plus fixed per-mask noise, and a class name's "text embedding" is the clean vector.
-At the end the held-out evaluation prompts every object by its class name alone and by a
-wrong name (another object's in the same picture), and reports both mIoUs.
+At the end the held-out evaluation prompts every object by text alone: its class name,
+a wrong name (another object's in the same picture) and an absent class's name, and
+reports the three mIoUs (`eval.json`, `text`).
 
 With a real CLIP instead: text.source="clip", text.clip_checkpoint=PATH (open_clip /
 OpenAI weights), model.text_embed_dim=768 for ViT-L/14@336, and real data.
