@@ -134,30 +134,31 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: ml_collections.Con
 
     Raises CheckpointError listing every missing key, unexpected key and shape mismatch.
     """
-    expected = flax.traverse_util.flatten_dict(abstract_params(config))
-    flat = convert_by_table(
+    return convert_by_table(
         state_dict,
-        expected,
-        {torch_key(path): path for path in expected},
+        abstract_params(config),
+        torch_key,
         _IGNORED_TORCH_KEYS,
         f"model type {config.model_type!r}",
     )
-    return flax.traverse_util.unflatten_dict(flat)
 
 
 def convert_by_table(
     state_dict: Mapping[str, Any],
-    expected: Mapping[tuple[str, ...], Any],
-    by_torch_key: Mapping[str, tuple[str, ...]],
+    abstract: Mapping,
+    key_fn,
     ignored: set[str],
     what: str,
-) -> dict[tuple[str, ...], np.ndarray]:
-    """PyTorch state dict -> flat float32 params {flax path: array} in Flax layouts, one
-    entry per `by_torch_key` item, checked against the shapes in `expected` (flat, by path).
+) -> dict:
+    """PyTorch state dict -> float32 params in Flax layouts, shaped like the `abstract`
+    parameter tree; `key_fn` names each Flax path's PyTorch key (the inverse of
+    `to_state_dict(params, key_fn)`).
 
     Raises CheckpointError naming every missing key, unexpected key (other than `ignored`)
     and shape mismatch, as not fitting `what`.
     """
+    expected = flax.traverse_util.flatten_dict(abstract)
+    by_torch_key = {key_fn(path): path for path in expected}
     missing, mismatched, flat = [], [], {}
     for key, path in by_torch_key.items():
         if key not in state_dict:
@@ -183,7 +184,7 @@ def convert_by_table(
         problems.append(f"{len(mismatched)} shape mismatch(es): " + "; ".join(mismatched))
     if problems:
         raise CheckpointError(f"checkpoint does not fit {what}:\n  " + "\n  ".join(problems))
-    return flat
+    return flax.traverse_util.unflatten_dict(flat)
 
 
 TEXT_PROJECTION_KEY = "prompt_encoder.text_projection.weight"

@@ -20,7 +20,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import flax
 import numpy as np
 
 from sam_jax.checkpoint import CheckpointError, convert_by_table, to_state_dict
@@ -102,15 +101,14 @@ def convert_clip_state_dict(
     state_dict = _strip_prefix(state_dict)
     if config is None:
         config = infer_config(state_dict, quick_gelu)
-    expected = flax.traverse_util.flatten_dict(abstract_params(config))
-    flat = convert_by_table(
+    params = convert_by_table(
         state_dict,
-        expected,
-        {clip_torch_key(path): path for path in expected},
+        abstract_params(config),
+        clip_torch_key,
         _IGNORED_KEYS,
         f"the CLIP config {config}",
     )
-    return config, flax.traverse_util.unflatten_dict(flat)
+    return config, params
 
 
 def to_clip_state_dict(params: Mapping) -> dict[str, np.ndarray]:
