@@ -18,7 +18,10 @@ from ml_collections import config_flags
 from sam_jax.evaluation import EvalSettings, load_model, run_evaluation
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file; its .model section (model_type) picks the model."
+    "config",
+    None,
+    "Config file; its .model section (model_type) picks the model, and its "
+    "data.synthetic_* settings the kind of pictures the 'synthetic' entry draws.",
 )
 flags.DEFINE_string(
     "checkpoint", None, "A .pth state dict or a converted checkpoint directory (none: random)."
@@ -64,6 +67,15 @@ def main(argv):
     config = _CONFIG.value
     model_config = config.model if config is not None else None
     model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
+    # The `synthetic` entry draws held-out pictures of the kind the config trains on.
+    synthetic = {}
+    if config is not None and "data" in config:
+        d = config.data
+        synthetic = {
+            "synthetic_size": tuple(d.get("synthetic_size", (256, 320))),
+            "synthetic_max_objects": d.get("synthetic_max_objects", 8),
+            "synthetic_classes": d.get("synthetic_classes", False),
+        }
     settings = EvalSettings(
         datasets=FLAGS.datasets,
         output_dir=FLAGS.output_dir,
@@ -79,6 +91,7 @@ def main(argv):
         checkpoint=FLAGS.checkpoint,
         model_type=model.model_type,
         overwrite=FLAGS.overwrite,
+        **synthetic,
     )
     results = run_evaluation(settings, model)
     mean = results["mean_over_datasets"]["miou"]

@@ -604,6 +604,28 @@ def test_synthetic_entry_is_held_out_and_deterministic():
     assert len(a.samples[1].read_masks().instances) == len(make_example(1, 1000)[1])
 
 
+def test_synthetic_entry_takes_the_generator_settings():
+    from sam_jax.data.synthetic import make_class_example, make_example
+
+    options = {"size": (160, 200), "max_objects": 3}
+    _, plain = registry.open_dataset("synthetic", None, 2, synthetic_options=options)
+    image, masks = make_example(1, 1000, (160, 200), 3)
+    np.testing.assert_array_equal(plain.samples[1].read_image(), image)
+    got = plain.samples[1].read_masks().instances
+    assert len(got) == len(masks)
+    np.testing.assert_array_equal(got[0][1], masks[0])
+    _, named = registry.open_dataset(
+        "synthetic", None, 2, synthetic_options={**options, "classes": True}
+    )
+    image, masks, _ = make_class_example(1, 1000, (160, 200), 3)
+    np.testing.assert_array_equal(named.samples[1].read_image(), image)
+    assert len(named.samples[1].read_masks().instances) == len(masks)
+    with pytest.raises(ValueError, match="max_objects"):
+        registry.open_dataset("synthetic", None, 2, synthetic_options={"max_objects": 1})
+    with pytest.raises(ValueError, match="size"):
+        registry.open_dataset("synthetic", None, 2, synthetic_options={"size": (8, 8)})
+
+
 def test_colour_coded_semantic_labels_split_per_colour_and_component():
     from sam_jax.evaluation.readers import connected_components
 

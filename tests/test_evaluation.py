@@ -81,10 +81,22 @@ def _check_consistent(out: Path, num_clicks) -> dict:
 def test_main_on_synthetic_with_converted_checkpoint(entry_point, tiny_model, tmp_path):
     ckpt = save_converted(tiny_model.params, tiny_model.config, tmp_path / "ckpt")
     out = tmp_path / "out"
+    # The config's generator settings pick the pictures of `synthetic`.
+    config = tmp_path / "tiny_small.py"
+    config.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from configs import tiny\n\n\n"
+        "def get_config():\n"
+        "    c = tiny.get_config()\n"
+        "    c.data.synthetic_max_objects = 3\n"
+        "    c.data.synthetic_size = (192, 224)\n"
+        "    return c\n"
+    )
     _run_main(
         entry_point,
         [
-            f"--config={ROOT / 'configs' / 'tiny.py'}",
+            f"--config={config}",
             f"--checkpoint={ckpt}",
             "--datasets=synthetic",
             f"--output_dir={out}",
@@ -98,6 +110,10 @@ def test_main_on_synthetic_with_converted_checkpoint(entry_point, tiny_model, tm
     miou1 = results["datasets"]["synthetic"]["miou"]["1"]
     assert 0.0 <= miou1 <= 1.0
     assert results["datasets"]["synthetic"]["num_images"] == 3
+    expected = sum(len(make_example(i, SYNTHETIC_SEED, (192, 224), 3)[1]) for i in range(3))
+    assert results["datasets"]["synthetic"]["num_masks"] == expected
+    run = json.loads((out / runner.RUN).read_text())
+    assert run["synthetic_max_objects"] == 3 and run["synthetic_size"] == [192, 224]
     assert (out / runner.PLOT).stat().st_size > 1000
     assert "| synthetic |" in (out / runner.REPORT).read_text()
 

@@ -641,16 +641,24 @@ def lookup(name: str) -> DatasetSpec | None:
 
 
 def open_dataset(
-    entry: str, data_dir: str | Path | None, synthetic_images: int = 20
+    entry: str,
+    data_dir: str | Path | None,
+    synthetic_images: int = 20,
+    synthetic_options: dict | None = None,
 ) -> tuple[str, Dataset]:
     """(result name, indexed dataset) for one `--datasets` entry.
+
+    `synthetic` draws `synthetic_images` held-out pictures; synthetic_options are the
+    generator settings (`readers.synthetic`'s size, max_objects, classes).
 
     Registry names read `<data_dir>/<NAME>` (case-insensitive name match; the folder may
     use the registry spelling or lower case). Raises DataError when the data is not there.
     """
     entry = entry.strip()
     if entry == "synthetic":
-        return "synthetic", readers.synthetic("synthetic", synthetic_images)
+        return "synthetic", readers.synthetic(
+            "synthetic", synthetic_images, **(synthetic_options or {})
+        )
     if entry.startswith("sa1b:"):
         path = Path(entry[len("sa1b:") :])
         name = f"sa1b:{path.name}"

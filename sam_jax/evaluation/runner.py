@@ -51,6 +51,11 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 16
     synthetic_images: int = 20
+    # The `synthetic` entry's pictures: a config's data.synthetic_size / _max_objects /
+    # _classes, so a model is scored on held-out pictures of the kind it was trained on.
+    synthetic_size: tuple[int, int] = (256, 320)
+    synthetic_max_objects: int = 8
+    synthetic_classes: bool = False
     multimask_all_clicks: bool = False
     fixed_batch_shape: bool = False  # see interactive.evaluate_masks
     checkpoint: str | None = None
@@ -80,6 +85,7 @@ class EvalSettings:
         for k in ("output_dir", "batch_size", "overwrite", "data_dir", "fixed_batch_shape"):
             d.pop(k)
         d["num_clicks"] = list(self.num_clicks)
+        d["synthetic_size"] = list(self.synthetic_size)
         return d
 
 
@@ -218,7 +224,16 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
         elif e:
             entries.append(e)
     for entry in entries:
-        name, dataset = registry.open_dataset(entry, settings.data_dir, settings.synthetic_images)
+        name, dataset = registry.open_dataset(
+            entry,
+            settings.data_dir,
+            settings.synthetic_images,
+            synthetic_options={
+                "size": tuple(settings.synthetic_size),
+                "max_objects": settings.synthetic_max_objects,
+                "classes": settings.synthetic_classes,
+            },
+        )
         if name in opened:
             continue
         if not dataset.samples and not dataset.skipped:

@@ -523,7 +523,9 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
                 index, seed, size, config.data.synthetic_max_objects
             )
         else:
-            image, masks = synthetic.make_example(index, seed, size)
+            image, masks = synthetic.make_example(
+                index, seed, size, config.data.synthetic_max_objects
+            )
         predictor.set_image(image)
         for gt in masks:
             points, labels, clicked, mask_input = [], [], [], None
