@@ -68,14 +68,12 @@ def main(argv):
     model_config = config.model if config is not None else None
     model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
     # The `synthetic` entry draws held-out pictures of the kind the config trains on.
-    synthetic = {}
-    if config is not None and "data" in config:
-        d = config.data
-        synthetic = {
-            "synthetic_size": tuple(d.get("synthetic_size", (256, 320))),
-            "synthetic_max_objects": d.get("synthetic_max_objects", 8),
-            "synthetic_classes": d.get("synthetic_classes", False),
-        }
+    data = config.get("data", {}) if config is not None else {}
+    synthetic = {
+        key: data[key]
+        for key in ("synthetic_size", "synthetic_max_objects", "synthetic_classes")
+        if key in data
+    }
     settings = EvalSettings(
         datasets=FLAGS.datasets,
         output_dir=FLAGS.output_dir,

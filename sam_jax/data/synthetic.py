@@ -144,6 +144,20 @@ def make_example(
     return image.round().clip(0, 255).astype(np.uint8), masks
 
 
+def make_picture(
+    index: int,
+    seed: int = 0,
+    size: tuple[int, int] = (256, 320),
+    max_objects: int = 8,
+    classes: bool = False,
+) -> tuple[np.ndarray, list[np.ndarray], list[str] | None]:
+    """One picture of either kind -> (image, masks, class names or None): `make_example`,
+    or `make_class_example` with classes=True."""
+    if classes:
+        return make_class_example(index, seed, size, max_objects)
+    return (*make_example(index, seed, size, max_objects), None)
+
+
 def sa1b_annotation(
     image_id: int, h: int, w: int, masks: list[np.ndarray], categories: list[str] | None = None
 ) -> dict:
@@ -187,10 +201,7 @@ def _encode_jpeg(image: np.ndarray) -> bytes:
 def _example_files(
     image_id: int, seed: int, size, max_objects: int, classes: bool = False
 ) -> dict[str, bytes]:
-    if classes:
-        image, masks, names = make_class_example(image_id, seed, size, max_objects)
-    else:
-        (image, masks), names = make_example(image_id, seed, size, max_objects), None
+    image, masks, names = make_picture(image_id, seed, size, max_objects, classes)
     record = sa1b_annotation(image_id, *size, masks, names)
     return {
         f"sa_{image_id}.jpg": _encode_jpeg(image),
@@ -285,11 +296,8 @@ def write_coco(
     category_id = {name: i + 1 for i, name in enumerate(names)}
     images, annotations = [], []
     for image_id in range(first_id, first_id + num_images):
-        if classes:
-            image, masks, labels = make_class_example(image_id, seed, size, max_objects)
-        else:
-            image, masks = make_example(image_id, seed, size, max_objects)
-            labels = ["shape"] * len(masks)
+        image, masks, labels = make_picture(image_id, seed, size, max_objects, classes)
+        labels = labels or ["shape"] * len(masks)
         h, w = image.shape[:2]
         file_name = f"{image_id:06d}.jpg"
         (image_dir / file_name).write_bytes(_encode_jpeg(image))

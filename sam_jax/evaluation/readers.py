@@ -877,10 +877,10 @@ def synthetic(
     max_objects: int = 8,
     classes: bool = False,
 ) -> Dataset:
-    """Pictures from `sam_jax.data.synthetic.make_example` (or `make_class_example` with
+    """Pictures from `sam_jax.data.synthetic.make_picture` (plain, or named objects with
     classes=True), made on the fly. Give the generator settings a model was trained with
     (a config's `data.synthetic_*`) to evaluate it on held-out pictures of the same kind."""
-    from sam_jax.data.synthetic import make_class_example, make_example
+    from sam_jax.data.synthetic import make_picture
 
     if num_images < 1:
         raise ValueError(f"synthetic: num_images must be >= 1, got {num_images}")
@@ -890,12 +890,6 @@ def synthetic(
         raise ValueError(f"synthetic: max_objects must be >= 2, got {max_objects}")
     size = (int(size[0]), int(size[1]))
 
-    def make(i):
-        if classes:
-            image, masks, _ = make_class_example(i, seed, size, max_objects)
-            return image, masks
-        return make_example(i, seed, size, max_objects)
-
     dataset = Dataset(name, [])
     cache: dict[int, tuple] = {}
 
@@ -903,7 +897,7 @@ def synthetic(
         # The runner reads the image and then the masks of the same sample: make it once.
         if i not in cache:
             cache.clear()
-            cache[i] = make(i)
+            cache[i] = make_picture(i, seed, size, max_objects, classes)[:2]
         return cache[i]
 
     for i in range(num_images):

@@ -517,15 +517,13 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     seed = config.seed + 1_000_003
     ious = {k: [] for k in num_clicks}
     for index in range(e.synthetic_images):
-        size = tuple(config.data.synthetic_size)
-        if config.data.synthetic_classes:
-            image, masks, _ = synthetic.make_class_example(
-                index, seed, size, config.data.synthetic_max_objects
-            )
-        else:
-            image, masks = synthetic.make_example(
-                index, seed, size, config.data.synthetic_max_objects
-            )
+        image, masks, _ = synthetic.make_picture(
+            index,
+            seed,
+            tuple(config.data.synthetic_size),
+            config.data.synthetic_max_objects,
+            config.data.synthetic_classes,
+        )
         predictor.set_image(image)
         for gt in masks:
             points, labels, clicked, mask_input = [], [], [], None
