@@ -500,14 +500,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     """Interactive mIoU after k clicks on synthetic images drawn with another seed.
 
-    The evaluation harness's clicks (`sam_jax.evaluation.protocol`): the first at the
+    The evaluation harness's click loop (`sam_jax.evaluation.interactive`): the first at the
     mask's interior-most pixel with three outputs, scored by the highest predicted IoU;
     later ones on the larger error region, added to the prompt with the previous low-res
     logits as mask input and the single output. With text prompts on synthetic named
     objects, also the text-prompt evaluation (`evaluation.text_prompts`).
     """
     from sam_jax.build import SamModel
-    from sam_jax.evaluation.protocol import first_click, mask_iou, next_click
+    from sam_jax.evaluation.interactive import evaluate_masks
     from sam_jax.predictor import SamPredictor
 
     e = config.eval
@@ -525,25 +525,10 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
             config.data.synthetic_classes,
         )
         predictor.set_image(image)
-        for gt in masks:
-            points, labels, clicked, mask_input = [], [], [], None
-            pred = np.zeros_like(gt)
-            for k in range(1, num_clicks[-1] + 1):
-                click = first_click(gt) if k == 1 else next_click(gt, pred, clicked)
-                if click is not None:  # None: the mask is exact, nothing left to click
-                    points.append((click.x, click.y))
-                    labels.append(int(click.positive))
-                    clicked.append((click.y, click.x))
-                    out, scores, low = predictor.predict(
-                        np.array(points, np.float32),
-                        np.array(labels, np.int32),
-                        mask_input=mask_input,
-                        multimask_output=k == 1,
-                    )
-                    best = int(np.argmax(scores))
-                    pred, mask_input = out[best], low[best : best + 1]
-                if k in ious:
-                    ious[k].append(mask_iou(pred, gt))
+        ids = [str(i) for i in range(len(masks))]
+        for r in evaluate_masks(predictor, masks, ids, num_clicks[-1]):
+            for k in num_clicks:
+                ious[k].append(r.ious[k - 1])
     result = {
         "num_images": e.synthetic_images,
         "num_masks": len(ious[num_clicks[0]]),
