@@ -9,6 +9,15 @@ The model takes 128 px inputs with 8 px patches: a 16 x 16 token grid and 64 x 6
 logits, which at the same step cost learned faster than 256 px with 16 px patches and reach
 finer masks than 128 px with 16 px patches (whose 32 x 32 logits cap a perfect predictor at
 about 0.80 mIoU on these images).
+
+The decoder keeps SAM's layout at width 64 but with 2 attention heads instead of 8 (whose
+heads are 8-d in self-attention and 4-d in cross-attention). The step is 14% cheaper with 2
+(0.217 s against 0.252 s on 2 CPU cores), which pays for 2800 steps in the time 2400 took,
+and Adam's b2 is 0.99 instead of 0.999. Held-out 1-click mIoU (185 masks, 2 CPU cores):
+0.542 with 8 heads, 2400 steps and b2 0.999; 0.577 with 2 heads and 2800 steps; 0.591 with
+b2 0.99 as well. Tried from there and not kept: b2 0.95 (0.580), lr 1.5e-3 (0.570), 3200
+steps (0.592, 1.5 minutes longer), 4 images x 8 masks (0.536), and from the older recipe
+16 images x 1 mask (0.499) and a Fourier position scale of 2 (0.538).
 """
 
 import ml_collections
@@ -22,13 +31,15 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.decoder_dropout = 0.0
     c.model.image_size = 128
     c.model.patch_size = 8
-    c.num_train_steps = 2400
+    c.model.decoder_num_heads = 2
+    c.num_train_steps = 2800
     c.batch_size = 8
     c.log_every_steps = 50
     c.checkpoint_every_steps = 500
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 50
-    c.optimizer.decay_steps = (2000,)
+    c.optimizer.b2 = 0.99
+    c.optimizer.decay_steps = (2333,)
     c.optimizer.layer_decay = 1.0
     c.optimizer.weight_decay = 0.05
     c.optimizer.grad_clip_norm = 1.0
