@@ -64,13 +64,23 @@ def test_focal_matches_numpy(batch, alpha, gamma):
     np.testing.assert_allclose(got, np_focal(logits, targets, alpha, gamma), rtol=1e-5)
 
 
-def test_focal_stable_for_large_logits():
+@pytest.mark.parametrize("gamma", [2.0, 1.0, 0.5, 0.0])
+def test_focal_stable_for_large_logits(gamma):
+    # Saturated pixels, right and wrong: (1 - p_t) is exactly 0 in float32 for the right ones,
+    # where x ** gamma has no finite gradient for gamma < 1 (0 ** 0 included).
     logits = jnp.array([[-200.0, 200.0], [50.0, -50.0]])
     targets = jnp.array([[0.0, 1.0], [0.0, 1.0]])
-    loss = losses.sigmoid_focal_loss(logits, targets)
-    grad = jax.grad(lambda x: losses.sigmoid_focal_loss(x, targets))(logits)
+    loss = losses.sigmoid_focal_loss(logits, targets, gamma=gamma)
+    grad = jax.grad(lambda x: losses.sigmoid_focal_loss(x, targets, gamma=gamma))(logits)
     assert np.isfinite(loss) and np.isfinite(grad).all()
     np.testing.assert_allclose(loss, (0.75 * 50 + 0.25 * 50) / 4, rtol=1e-5)
+    # Right pixels get no push; wrong ones the cross-entropy's, weighted by alpha, / 4 pixels.
+    np.testing.assert_allclose(grad, [[0.0, 0.0], [0.75 / 4, -0.25 / 4]], atol=1e-6)
+
+
+def test_focal_rejects_negative_gamma(batch):
+    with pytest.raises(ValueError, match="gamma must be >= 0"):
+        losses.sigmoid_focal_loss(*batch, gamma=-1.0)
 
 
 def test_dice_matches_numpy(batch):

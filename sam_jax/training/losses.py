@@ -26,15 +26,23 @@ def sigmoid_focal_loss(
 ) -> jax.Array:
     """Focal loss of logits (..., h, w) against 0/1 targets, mean over pixels -> (...).
 
-    alpha weighs positives (alpha) against negatives (1 - alpha); None turns it off.
+    alpha weighs positives (alpha) against negatives (1 - alpha); None turns it off. gamma
+    >= 0; gamma = 0 is the (alpha-weighted) binary cross-entropy.
     """
+    if gamma < 0:
+        raise ValueError(f"focal gamma must be >= 0, got {gamma}")
     logits = logits.astype(jnp.float32)
     targets = targets.astype(jnp.float32)
     p = jax.nn.sigmoid(logits)
     # softplus(x) - x t is the binary cross-entropy with logits, stable for large |x|.
     ce = jax.nn.softplus(logits) - logits * targets
     one_minus_pt = p + targets - 2.0 * p * targets
-    loss = ce * one_minus_pt**gamma
+    if gamma == 0:  # plain cross-entropy; 0.0 ** 0 has a NaN gradient
+        loss = ce
+    else:
+        # x ** gamma has an infinite (gamma < 1) or NaN gradient at x = 0, where a saturated
+        # pixel's sigmoid puts it in float32; the floor changes the loss by < 1e-30.
+        loss = ce * jnp.maximum(one_minus_pt, 1e-30) ** gamma
     if alpha is not None:
         loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
     return jnp.mean(loss, axis=(-2, -1))
