@@ -37,12 +37,9 @@ def sigmoid_focal_loss(
     # softplus(x) - x t is the binary cross-entropy with logits, stable for large |x|.
     ce = jax.nn.softplus(logits) - logits * targets
     one_minus_pt = p + targets - 2.0 * p * targets
-    if gamma == 0:  # plain cross-entropy; 0.0 ** 0 has a NaN gradient
-        loss = ce
-    else:
-        # x ** gamma has an infinite (gamma < 1) or NaN gradient at x = 0, where a saturated
-        # pixel's sigmoid puts it in float32; the floor changes the loss by < 1e-30.
-        loss = ce * jnp.maximum(one_minus_pt, 1e-30) ** gamma
+    # x ** gamma has an infinite (0 < gamma < 1) or NaN (gamma = 0) gradient at x = 0, where a
+    # saturated pixel's sigmoid puts it in float32; the floor changes the loss by < 1e-30.
+    loss = ce * jnp.maximum(one_minus_pt, 1e-30) ** gamma
     if alpha is not None:
         loss = loss * (alpha * targets + (1.0 - alpha) * (1.0 - targets))
     return jnp.mean(loss, axis=(-2, -1))
