@@ -41,6 +41,10 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.train.num_iterations = 11
     c.train.num_point_rounds = 8
     c.train.box_prob = 0.5
+    # Probability that a click (the first point and each error point) is drawn from the
+    # deeper half of its region (`prompts.interior`) instead of uniformly over it. The
+    # paper draws uniformly (0.0); the evaluation protocol clicks the deepest point.
+    c.train.interior_prob = 0.0
     c.train.box_noise_frac = 0.1
     c.train.box_max_noise = 20.0
     c.train.focal_weight = 20.0

@@ -132,6 +132,83 @@ def test_error_region_without_errors_adds_nothing():
     assert jax.tree.all(jax.tree.map(jnp.array_equal, after, state))
 
 
+def test_depth_is_the_chessboard_distance_to_the_outside():
+    mask = irregular_mask()
+    mask[0:3, 20:32] = True  # touches the image border, which counts as outside
+    got = np.asarray(prompts.depth(jnp.asarray(mask), max_depth=30))
+    # Brute force: 1 + the largest r with the (2r+1)-square around the pixel inside the mask.
+    padded = np.pad(mask, 40)
+    want = np.zeros(mask.shape)
+    for r, c in zip(*np.nonzero(mask), strict=True):
+        k = 0
+        while padded[40 + r - k - 1 : 40 + r + k + 2, 40 + c - k - 1 : 40 + c + k + 2].all():
+            k += 1
+        want[r, c] = k + 1
+    np.testing.assert_array_equal(got, want)
+    # Counting stops at max_depth + 1.
+    capped = np.asarray(prompts.depth(jnp.asarray(mask), max_depth=1))
+    np.testing.assert_array_equal(capped, np.minimum(want, 2))
+
+
+def test_interior_is_the_deeper_half():
+    mask = np.zeros((20, 30), bool)
+    mask[2:12, 3:25] = True  # depth up to 5
+    mask[15:17, 0:30] = True  # a thin bar: depth 1, not in the deeper half
+    inner = np.asarray(prompts.interior(jnp.asarray(mask)))
+    want = np.zeros_like(mask)
+    want[4:10, 5:23] = True  # depth >= 3 (2.5 rounded up)
+    np.testing.assert_array_equal(inner, want)
+    # Never empty: a one-pixel-wide mask is all interior.
+    bar = np.zeros((8, 8), bool)
+    bar[3, 1:7] = True
+    np.testing.assert_array_equal(np.asarray(prompts.interior(jnp.asarray(bar))), bar)
+    assert not bool(prompts.interior(jnp.zeros((8, 8), bool)).any())
+
+
+def test_interior_clicks():
+    n = 4000
+    mask = np.zeros((20, 30), bool)
+    mask[2:12, 3:25] = True
+    mask[15:17, 0:30] = True
+    inner = np.asarray(prompts.interior(jnp.asarray(mask)))
+    assert 0 < inner.sum() < mask.sum()
+
+    def first_point(key, prob):
+        state, found = prompts.first_prompt(
+            key, jnp.asarray(mask), box_prob=0.0, interior_prob=prob
+        )
+        return state.point_coords[0], found
+
+    for prob, want_inner in ((1.0, 1.0), (0.5, 0.5 + 0.5 * inner.sum() / mask.sum())):
+        xy, found = jax.jit(jax.vmap(partial(first_point, prob=prob)))(keys(n, 3))
+        assert bool(np.all(found))
+        rows, cols = to_pixel(xy, 1.0)
+        assert mask[rows, cols].all()
+        share = inner[rows, cols].mean()
+        assert abs(share - want_inner) < 5 * np.sqrt(want_inner * (1 - want_inner) / n) + 1e-9
+    # Error points: the deeper half of the missed and the spurious regions, each measured on
+    # its own although they touch; labels as before.
+    gt = np.zeros((20, 24), bool)
+    gt[2:12, 3:9] = True
+    pred = np.zeros((20, 24), bool)
+    pred[2:12, 9:15] = True  # beside the target: a missed 10 x 6 block touching a spurious one
+    sample = jax.jit(
+        jax.vmap(partial(prompts.error_region_point, interior_prob=1.0), (0, None, None))
+    )
+    xy, label, found = sample(keys(n, 4), jnp.asarray(pred), jnp.asarray(gt))
+    assert bool(np.all(found))
+    rows, cols = to_pixel(xy, 1.0)
+    # Each block is 3 deep; its deeper half (depth >= 1.5) drops its outer ring. (As one
+    # 10 x 12 region it would be 5 deep, with the deeper half straddling the two.)
+    fn = np.zeros_like(gt)
+    fn[3:11, 4:8] = True
+    fp = np.zeros_like(gt)
+    fp[3:11, 10:14] = True
+    assert (fn | fp)[rows, cols].all()
+    np.testing.assert_array_equal(np.asarray(label), gt[rows, cols].astype(int))
+    assert 0.4 < np.asarray(label).mean() < 0.6
+
+
 def gt_box(mask: np.ndarray, scale: float) -> np.ndarray:
     rr, cc = np.nonzero(mask)
     return np.array(

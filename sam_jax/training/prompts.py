@@ -83,6 +83,36 @@ def _sample_pixel(key: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array
     return index // w, index % w, found
 
 
+def depth(mask: jax.Array, max_depth: int = 16) -> jax.Array:
+    """Chessboard distance of each pixel of a (H, W) bool mask to the outside (1 on the
+    mask's edge, 0 off it; the image border counts as outside), counted up to
+    max_depth + 1 by repeated 3 x 3 erosion -> (H, W) float32."""
+
+    def erode(carry, _):  # a 3 x 3 minimum as two 3-wide ones
+        x, total = carry
+        p = jnp.pad(x, 1)
+        x = jnp.minimum(jnp.minimum(p[:-2], p[1:-1]), p[2:])[:, 1:-1]
+        p = jnp.pad(x, ((0, 0), (1, 1)))
+        x = jnp.minimum(jnp.minimum(p[:, :-2], p[:, 1:-1]), p[:, 2:])
+        return (x, total + x), None
+
+    m = mask.astype(jnp.float32)
+    (_, total), _ = jax.lax.scan(erode, (m, m), None, length=max_depth)
+    return total
+
+
+def deeper_half(d: jax.Array) -> jax.Array:
+    """Pixels of a `depth` map at least half as deep as its deepest: never empty when any
+    pixel is inside. Depths are capped, so deep inside a large region every pixel at least
+    about max_depth / 2 from the edge qualifies."""
+    return (d > 0) & (2 * d >= d.max())
+
+
+def interior(mask: jax.Array, max_depth: int = 16) -> jax.Array:
+    """The deeper half of a (H, W) bool mask (see `depth` and `deeper_half`)."""
+    return deeper_half(depth(mask, max_depth))
+
+
 def sample_point_in_mask(
     key: jax.Array, mask: jax.Array, scale: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
@@ -182,6 +212,7 @@ def first_prompt(
     text: jax.Array | None = None,
     text_ok: jax.Array | None = None,
     text_prob: float = 0.0,
+    interior_prob: float = 0.0,
 ) -> tuple[PromptState, jax.Array]:
     """Iteration 0: a foreground point uniform in the mask, or (with `box_prob`) its noisy
     box -> (state, found). With an empty mask the state holds no prompt and found=False.
@@ -192,7 +223,11 @@ def first_prompt(
     """
     k_choice, k_point, k_box = jax.random.split(key, 3)
     use_box = jax.random.bernoulli(k_choice, box_prob)
-    xy, found = sample_point_in_mask(k_point, mask, scale)
+    region = mask
+    if interior_prob > 0:
+        k_in, k_point = jax.random.split(k_point)
+        region = jnp.where(jax.random.bernoulli(k_in, interior_prob), interior(mask), mask)
+    xy, found = sample_point_in_mask(k_point, region, scale)
     box, _ = noisy_box(k_box, mask, noise_frac, max_noise, scale, frame_hw)
     state = empty_state(max_points, 0 if text is None else text.shape[-1])
     use_text = jnp.zeros((), bool)
@@ -208,7 +243,11 @@ def first_prompt(
 
 
 def error_region_point(
-    key: jax.Array, pred_mask: jax.Array, gt_mask: jax.Array, scale: float = 1.0
+    key: jax.Array,
+    pred_mask: jax.Array,
+    gt_mask: jax.Array,
+    scale: float = 1.0,
+    interior_prob: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A point uniform over the error region `pred_mask ^ gt_mask` (both (H, W) bool, e.g.
     `low_res_logits > 0` against the target on the same grid) -> (xy (2,), label (), found ()).
@@ -218,7 +257,14 @@ def error_region_point(
     """
     pred_mask = pred_mask.astype(bool)
     gt_mask = gt_mask.astype(bool)
-    row, col, found = _sample_pixel(key, pred_mask ^ gt_mask)
+    errors = pred_mask ^ gt_mask
+    if interior_prob > 0:
+        # Missed and spurious pixels are separate regions (as the evaluation protocol
+        # measures them), even where they touch.
+        d = depth(gt_mask & ~pred_mask) + depth(pred_mask & ~gt_mask)
+        k_in, key = jax.random.split(key)
+        errors = jnp.where(jax.random.bernoulli(k_in, interior_prob), deeper_half(d), errors)
+    row, col, found = _sample_pixel(key, errors)
     xy = jnp.stack([_grid_to_frame(col, scale), _grid_to_frame(row, scale)])
     label = jnp.where(found, gt_mask[row, col].astype(jnp.int32), -1)
     return jnp.where(found, xy, 0.0), label, found

@@ -118,6 +118,7 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
             noise_frac=t.box_noise_frac,
             max_noise=t.box_max_noise,
             text_prob=config.text.prob if "text" in config else 0.0,
+            interior_prob=t.interior_prob,
         )
     )(jax.random.split(k_first, n), gt, frame_hw=frame, **text_kwargs)
     valid = batch["mask_valid"].reshape(n) & found
@@ -206,8 +207,8 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
         state, feedback, grads = carry
         adds, k_point, k_dec = xs
         pred = feedback > 0
-        xy, label, ok = jax.vmap(prompts.error_region_point, in_axes=(0, 0, 0, None))(
-            jax.random.split(k_point, n), pred, gt, scale
+        xy, label, ok = jax.vmap(prompts.error_region_point, in_axes=(0, 0, 0, None, None))(
+            jax.random.split(k_point, n), pred, gt, scale, t.interior_prob
         )
         state = jax.vmap(prompts.add_point)(state, xy, label, ok & valid & adds)
         loss, (terms, iou, feedback), round_grads = run_round(
