@@ -214,8 +214,9 @@ def first_prompt(
     text_prob: float = 0.0,
     interior_prob: float = 0.0,
 ) -> tuple[PromptState, jax.Array]:
-    """Iteration 0: a foreground point uniform in the mask, or (with `box_prob`) its noisy
-    box -> (state, found). With an empty mask the state holds no prompt and found=False.
+    """Iteration 0: a foreground point uniform in the mask (with `interior_prob` uniform in
+    its deeper half, `interior`), or (with `box_prob`) its noisy box -> (state, found). With
+    an empty mask the state holds no prompt and found=False.
 
     With a text-prompt embedding `text` (D,) for the mask (`text_ok` True), the first prompt
     is that embedding alone with probability `text_prob` (the paper's text-to-mask
@@ -251,6 +252,7 @@ def error_region_point(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A point uniform over the error region `pred_mask ^ gt_mask` (both (H, W) bool, e.g.
     `low_res_logits > 0` against the target on the same grid) -> (xy (2,), label (), found ()).
+    With probability `interior_prob` it is uniform over the error's deeper half instead.
 
     label is 1 on a false negative (in the target, not predicted), 0 on a false positive.
     Without errors found=False (xy zeros, label -1), and `add_point` then adds nothing.
