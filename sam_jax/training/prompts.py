@@ -113,6 +113,12 @@ def interior(mask: jax.Array, max_depth: int = 16) -> jax.Array:
     return deeper_half(depth(mask, max_depth))
 
 
+def _deeper_half_with_prob(key, prob: float, region, deeper):
+    """-> (key left for the sampler, `deeper` with probability prob, else `region`)."""
+    k_in, key = jax.random.split(key)
+    return key, jnp.where(jax.random.bernoulli(k_in, prob), deeper, region)
+
+
 def sample_point_in_mask(
     key: jax.Array, mask: jax.Array, scale: float = 1.0
 ) -> tuple[jax.Array, jax.Array]:
@@ -226,8 +232,7 @@ def first_prompt(
     use_box = jax.random.bernoulli(k_choice, box_prob)
     region = mask
     if interior_prob > 0:
-        k_in, k_point = jax.random.split(k_point)
-        region = jnp.where(jax.random.bernoulli(k_in, interior_prob), interior(mask), mask)
+        k_point, region = _deeper_half_with_prob(k_point, interior_prob, mask, interior(mask))
     xy, found = sample_point_in_mask(k_point, region, scale)
     box, _ = noisy_box(k_box, mask, noise_frac, max_noise, scale, frame_hw)
     state = empty_state(max_points, 0 if text is None else text.shape[-1])
@@ -264,8 +269,7 @@ def error_region_point(
         # Missed and spurious pixels are separate regions (as the evaluation protocol
         # measures them), even where they touch.
         d = depth(gt_mask & ~pred_mask) + depth(pred_mask & ~gt_mask)
-        k_in, key = jax.random.split(key)
-        errors = jnp.where(jax.random.bernoulli(k_in, interior_prob), deeper_half(d), errors)
+        key, errors = _deeper_half_with_prob(key, interior_prob, errors, deeper_half(d))
     row, col, found = _sample_pixel(key, errors)
     xy = jnp.stack([_grid_to_frame(col, scale), _grid_to_frame(row, scale)])
     label = jnp.where(found, gt_mask[row, col].astype(jnp.int32), -1)
