@@ -42,6 +42,18 @@ to 8 (so the deeper half of a large object reaches nearer its edge) it gave 0.59
 with global attention in both blocks, and 0.608 with every click from the deeper half.
 The default run with it: 11 min 52 s, then evaluate.py's 96 masks 0.608 after 1 click and
 0.659 after 2 (0.599 and 0.657 before).
+
+Smaller batches for more steps in the same CPU time did not help (185 masks; the step time
+is close to proportional to the batch: 0.219 s at 8 images, 0.119 s at 4, 0.064 s at 2).
+On a GPU, against 0.613 for this config: 4 images for 5600 steps at lr 7e-4, 1e-3 and
+1.4e-3 gave 0.616, 0.615 and 0.629; 4 images x 2 masks for 8700 steps 0.600. On 2 CPU
+cores, 2 images for 10000 steps at lr 5e-4: 0.598. Losses on a finer grid than the logits
+(logits upsampled 2x, bilinear, against ground truth at 128 x 128) gave 0.601 and 0.600 at
+seeds 0 and 1 (this config: 0.613 and 0.554 on its own seed-1 masks), and 0.590 in equal
+CPU time, its step being 25% slower. The ground truth at the 64 x 64 logit grid, predicted
+exactly, would score 0.879 on these masks (0.737 on the smallest quarter), far above what
+the model reaches, so the coarse targets are not what holds it back. A 96- or 128-wide
+decoder steps at 0.337 or 0.444 s and was not run.
 """
 
 import ml_collections
