@@ -511,6 +511,7 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     """
     from sam_jax.build import SamModel
     from sam_jax.evaluation.interactive import evaluate_masks
+    from sam_jax.evaluation.report import dataset_summary
     from sam_jax.predictor import SamPredictor
 
     e = config.eval
@@ -518,8 +519,7 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     model = SamModel(build_sam(config.model), params, config.model)
     predictor = SamPredictor(model)
     seed = config.seed + 1_000_003
-    ious = {k: [] for k in num_clicks}
-    oracle = {k: [] for k in num_clicks}
+    ious, oracle = [], []  # per mask, after 1..max clicks
     for index in range(e.synthetic_images):
         image, masks, _ = synthetic.make_picture(
             index,
@@ -531,16 +531,10 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
         predictor.set_image(image)
         ids = [str(i) for i in range(len(masks))]
         for r in evaluate_masks(predictor, masks, ids, num_clicks[-1]):
-            for k in num_clicks:
-                ious[k].append(r.ious[k - 1])
-                oracle[k].append(r.oracle_ious[k - 1])
-    result = {
-        "num_images": e.synthetic_images,
-        "num_masks": len(ious[num_clicks[0]]),
-        "seed": seed,
-        "miou": {str(k): float(np.mean(v)) for k, v in ious.items()},
-        "oracle_miou": {str(k): float(np.mean(v)) for k, v in oracle.items()},
-    }
+            ious.append(r.ious)
+            oracle.append(r.oracle_ious)
+    result = dataset_summary(ious, oracle, num_clicks, e.synthetic_images, 0, [])
+    result["seed"] = seed
     if config.data.synthetic_classes and config.model.text_embed_dim:
         from sam_jax.evaluation.text_prompts import evaluate_text_prompts
 
