@@ -31,8 +31,9 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8
     c.optimizer.weight_decay = 0.1
     c.optimizer.warmup_steps = 250
+    c.optimizer.schedule = "step"  # step (the paper's: x decay_factor at decay_steps) | cosine
     c.optimizer.decay_steps = (60_000, 86_666)
-    c.optimizer.decay_factor = 0.1
+    c.optimizer.decay_factor = 0.1  # cosine: the final lr is lr * decay_factor
     c.optimizer.layer_decay = 0.8
     c.optimizer.grad_clip_norm = 0.0
 

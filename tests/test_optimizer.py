@@ -23,6 +23,27 @@ def test_schedule_warmup_then_steps():
     )
 
 
+def test_cosine_schedule_after_warmup():
+    f = learning_rate_schedule(1e-3, 100, (), 0.1, "cosine", 1100)
+    np.testing.assert_allclose(
+        [f(0), f(50), f(100), f(600), f(1100), f(5000)],
+        [0.0, 5e-4, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5), 1e-4, 1e-4],
+        rtol=1e-5,
+    )
+    # Half way through the cosine the rate is the mean of its two ends; it only falls.
+    values = np.array([f(s) for s in range(100, 1101, 50)])
+    assert np.all(np.diff(values) < 0)
+
+
+@pytest.mark.parametrize(
+    "kind, total, match",
+    [("linear", 1000, "unknown optimizer.schedule 'linear'"), ("cosine", 100, "above warmup")],
+)
+def test_schedule_errors(kind, total, match):
+    with pytest.raises(ValueError, match=match):
+        learning_rate_schedule(1e-3, 100, (), 0.1, kind, total)
+
+
 def test_layer_ids():
     assert layer_id(("image_encoder", "patch_embed", "proj", "kernel"), 12) == 0
     assert layer_id(("image_encoder", "pos_embed"), 12) == 0

@@ -1,6 +1,6 @@
-"""AdamW with the paper's schedule (linear warmup, then x0.1 steps), layer-wise learning-rate
-decay over the image encoder, no weight decay on norms, biases and position tables, and
-the prompt encoder's fixed Fourier matrix frozen."""
+"""AdamW with the paper's schedule (linear warmup, then x0.1 steps; a cosine decay as an
+option), layer-wise learning-rate decay over the image encoder, no weight decay on norms,
+biases and position tables, and the prompt encoder's fixed Fourier matrix frozen."""
 
 from __future__ import annotations
 
@@ -12,11 +12,40 @@ import optax
 FROZEN = ("positional_encoding_gaussian_matrix",)  # a buffer in the reference, not trained
 
 
-def learning_rate_schedule(lr: float, warmup_steps: int, decay_steps, decay_factor: float):
-    """Linear warmup from 0 to lr over warmup_steps, then lr * decay_factor**k after the k-th
-    of `decay_steps` (absolute step numbers)."""
-    boundaries = {int(s): decay_factor for s in decay_steps}
-    after = optax.piecewise_constant_schedule(lr, boundaries)
+SCHEDULES = ("step", "cosine")
+
+
+def learning_rate_schedule(
+    lr: float,
+    warmup_steps: int,
+    decay_steps,
+    decay_factor: float,
+    kind: str = "step",
+    total_steps: int = 0,
+):
+    """Linear warmup from 0 to lr over warmup_steps, then
+
+    - "step" (the paper's): lr * decay_factor**k after the k-th of `decay_steps` (absolute
+      step numbers);
+    - "cosine": a half cosine from lr at the end of warmup to lr * decay_factor at
+      `total_steps`, constant after.
+    """
+    if kind == "step":
+        boundaries = {int(s): decay_factor for s in decay_steps}
+        after = optax.piecewise_constant_schedule(lr, boundaries)
+    elif kind == "cosine":
+        span = int(total_steps) - max(int(warmup_steps), 0)
+        if span <= 0:
+            raise ValueError(
+                f"a cosine schedule needs num_train_steps ({total_steps}) above "
+                f"warmup_steps ({warmup_steps})"
+            )
+        cosine = optax.cosine_decay_schedule(lr, span, alpha=decay_factor)
+
+        def after(step):
+            return cosine(step - max(int(warmup_steps), 0))
+    else:
+        raise ValueError(f"unknown optimizer.schedule {kind!r}; choose one of {SCHEDULES}")
     if warmup_steps <= 0:
         return after
     warm = optax.linear_schedule(0.0, lr, warmup_steps)
@@ -69,7 +98,14 @@ def _scale_by_tree(scales) -> optax.GradientTransformation:
 def make_optimizer(config, params, depth: int) -> tuple[optax.GradientTransformation, callable]:
     """The optimizer for `config.optimizer` and its learning-rate schedule."""
     o = config.optimizer
-    schedule = learning_rate_schedule(o.lr, o.warmup_steps, o.decay_steps, o.decay_factor)
+    schedule = learning_rate_schedule(
+        o.lr,
+        o.warmup_steps,
+        o.decay_steps,
+        o.decay_factor,
+        o.get("schedule", "step"),
+        config.num_train_steps,
+    )
     parts = []
     if o.grad_clip_norm and o.grad_clip_norm > 0:
         parts.append(optax.clip_by_global_norm(o.grad_clip_norm))
