@@ -34,16 +34,16 @@ def learning_rate_schedule(
         boundaries = {int(s): decay_factor for s in decay_steps}
         after = optax.piecewise_constant_schedule(lr, boundaries)
     elif kind == "cosine":
-        span = int(total_steps) - max(int(warmup_steps), 0)
-        if span <= 0:
+        start = max(int(warmup_steps), 0)
+        if int(total_steps) <= start:
             raise ValueError(
                 f"a cosine schedule needs num_train_steps ({total_steps}) above "
                 f"warmup_steps ({warmup_steps})"
             )
-        cosine = optax.cosine_decay_schedule(lr, span, alpha=decay_factor)
+        cosine = optax.cosine_decay_schedule(lr, int(total_steps) - start, alpha=decay_factor)
 
         def after(step):
-            return cosine(step - max(int(warmup_steps), 0))
+            return cosine(step - start)
     else:
         raise ValueError(f"unknown optimizer.schedule {kind!r}; choose one of {SCHEDULES}")
     if warmup_steps <= 0:
