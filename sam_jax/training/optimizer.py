@@ -103,7 +103,7 @@ def make_optimizer(config, params, depth: int) -> tuple[optax.GradientTransforma
         o.warmup_steps,
         o.decay_steps,
         o.decay_factor,
-        o.get("schedule", "step"),
+        o.schedule,
         config.num_train_steps,
     )
     parts = []
