@@ -80,22 +80,29 @@ def _coco(path: Path, images, anns) -> None:
 
 
 def write_ppdls(root):
-    _save(root / "A1" / "plant001_rgb.png", _image(1))
-    label = np.zeros((H, W), np.uint8)
-    label[2:10, 3:20] = 1
-    label[15:30, 5:25] = 2
-    im = Image.fromarray(label, "P")
-    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
-    im.save(root / "A1" / "plant001_label.png")
-    _save(root / "Plant" / "Ara2012" / "ara2012_plant001_rgb.png", _image(2))
-    label2 = np.zeros((H, W), np.uint8)
-    label2[20:30, 30:50] = 4
-    _save(root / "Plant" / "Ara2012" / "ara2012_plant001_label.png", label2)
-    _save(root / "A1" / "plant002_rgb.png", _image(3))  # no label file
-    return {
-        "A1/plant001_rgb": {"1": label == 1, "2": label == 2},
-        "Plant/Ara2012/ara2012_plant001_rgb": {"4": label2 == 4},
-    }, 1
+    """CVPPP2017_LSC_training.zip: training/A1..A4 (A4 and testing/ are not the paper's)."""
+    base = root / "CVPPP2017_LSC_training" / "training"
+    palette = [0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759
+    expected = {}
+    for subset, seed in (("A1", 1), ("A3", 2), ("A4", 3)):
+        rgba = np.dstack([_image(seed), np.full((H, W), 255, np.uint8)])
+        _save(base / subset / "plant001_rgb.png", rgba, "RGBA")
+        label = np.zeros((H, W), np.uint8)
+        label[2:10, 3:20] = 1
+        label[15:30, 5:25] = 2
+        im = Image.fromarray(label, "P")
+        im.putpalette(palette)
+        im.save(base / subset / "plant001_label.png")
+        _save(base / subset / "plant001_fg.png", (label > 0).astype(np.uint8) * 255)
+        if subset != "A4":
+            expected[f"CVPPP2017_LSC_training/training/{subset}/plant001_rgb"] = {
+                "1": label == 1,
+                "2": label == 2,
+            }
+    _save(base / "A1" / "plant002_rgb.png", _image(4))  # no label file: skipped
+    test = root / "CVPPP2017_testing" / "testing" / "A1"
+    _save(test / "plant001_rgb.png", _image(5))  # the testing set has no labels: not read
+    return expected, 1
 
 
 def write_bbbc038(root):
@@ -163,34 +170,87 @@ def write_ndd20(root):
 
 
 def write_lvis(root):
-    _save(root / "val2017" / "000000000139.jpg", _image(11))
-    p = _poly(3, 4, 40, 30)
-    data = {
-        "images": [
+    """lvis_v0.5_val.json as released: COCO-2014 file names beside a val2017 coco_url, no
+    iscrowd, polygons; the pictures are COCO 2017 files."""
+    p1, p2 = _poly(3, 4, 40, 30), _poly(30, 20, 50, 38)
+    data = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "aerosol_can"}]}
+    for image_id, seed in ((139, 11), (285, 12), (632, 13)):
+        _save(root / "val2017" / f"{image_id:012d}.jpg", _image(seed))
+        data["images"].append(
             {
-                "id": 139,
-                "coco_url": "http://images.cocodataset.org/val2017/000000000139.jpg",
+                "id": image_id,
+                "file_name": f"COCO_val2014_{image_id:012d}.jpg",
+                "coco_url": f"http://images.cocodataset.org/val2017/{image_id:012d}.jpg",
+                "flickr_url": "http://farm9.staticflickr.com/x.jpg",
                 "height": H,
                 "width": W,
+                "license": 3,
+                "date_captured": "2013-11-19 20:30:17",
+                "not_exhaustive_category_ids": [],
+                "neg_category_ids": [5],
             }
-        ],
-        "annotations": [{"id": 5, "image_id": 139, "segmentation": [p], "category_id": 1}],
-    }
+        )
+    for ann_id, image_id, poly in ((5, 139, p1), (6, 139, p2), (7, 285, p2)):
+        data["annotations"].append(
+            {
+                "id": ann_id,
+                "image_id": image_id,
+                "segmentation": [poly],
+                "category_id": 1,
+                "area": 100.0,
+                "bbox": [0, 0, 1, 1],
+            }
+        )
     (root / "lvis_v0.5_val.json").write_text(json.dumps(data))
-    return {"139": {"5": _poly_mask([p])}}, 0
+    return {
+        "139": {"5": _poly_mask([p1]), "6": _poly_mask([p2])},
+        "285": {"7": _poly_mask([p2])},
+    }, 0
 
 
 def write_streets(root):
-    _save(root / "images" / "cam1" / "frame7.png", _image(12))
-    m1, m2 = _rect(5, 15, 5, 25), _rect(25, 35, 30, 50)
-    (root / "meta").mkdir(parents=True)
-    (root / "meta" / "cameras.json").write_text('{"cameras": []}')  # not annotations
-    _coco(
-        root / "annotations" / "streets_coco.json",
-        [(7, "frame7.png", H, W)],
-        [(1, 7, _rle(m1), 0), (2, 7, _rle(m2), 0)],
-    )
-    return {"7": {"1": m1, "2": m2}}, 0
+    """The vehicleannotations element: VIA 1.x regions keyed "0", "1", ...; file names with
+    spaces; a stray VIA project among the images."""
+    base = root / "vehicleannotations"
+    xs1, ys1 = [5, 25, 25, 5], [5, 5, 15, 15]
+    xs2, ys2 = [30, 50, 50, 30], [25, 25, 35, 35]
+    entries = {}
+    for name, seed in (("Delany at Ryan North-5.jpg", 12), ("Delany at Ryan North-6.jpg", 13)):
+        _save(base / "images" / name, _image(seed))
+        entries[f"{name}51234"] = {
+            "fileref": "",
+            "size": 51234,
+            "filename": name,
+            "base64_img_data": "",
+            "file_attributes": {},
+            "regions": {
+                "0": {
+                    "shape_attributes": {
+                        "name": "polygon",
+                        "all_points_x": xs1,
+                        "all_points_y": ys1,
+                    },
+                    "region_attributes": {"vehicle_type": "car"},
+                },
+                "1": {
+                    "shape_attributes": {
+                        "name": "polygon",
+                        "all_points_x": xs2,
+                        "all_points_y": ys2,
+                    },
+                    "region_attributes": {"vehicle_type": "truck"},
+                },
+            },
+        }
+    (base / "annotations").mkdir(parents=True)
+    (base / "annotations" / "vehicle-annotations.json").write_text(json.dumps(entries))
+    (base / "images" / "via_region_data.json").write_text("{}")
+    m1 = _poly_mask([[v for xy in zip(xs1, ys1) for v in xy]])
+    m2 = _poly_mask([[v for xy in zip(xs2, ys2) for v in xy]])
+    return {
+        "Delany at Ryan North-5": {"0": m1, "1": m2},
+        "Delany at Ryan North-6": {"0": m1, "1": m2},
+    }, 0
 
 
 def write_zerowaste(root):
@@ -207,23 +267,32 @@ def write_zerowaste(root):
 
 
 def write_ishape(root):
+    """ishape_dataset.tar as extracted: ishape_dataset/<subset>/{train,val}/{image,
+    instance_map} with 16-bit ids category * 1000 + k; a fence-like instance in pieces."""
     expected = {}
     for i, subset in enumerate(("antenna", "wire")):
-        d = root / subset / "val"
-        _save(d / "image" / "img_0.jpg", _image(14 + i))
+        d = root / "ishape_dataset" / subset / "val"
+        _save(d / "image" / "0.jpg", _image(14 + i))
         ids = np.zeros((H, W), np.uint16)
-        ids[5:15, 5:50] = 300 + i
-        ids[20:35, 10:20] = 2
+        ids[5:15, 5:20] = 1000
+        ids[5:15, 30:50] = 1000  # the same instance, a second piece
+        ids[20:35, 10:20] = 1001
         (d / "instance_map").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(ids).save(d / "instance_map" / "img_0.png")
-        expected[f"{subset}/val/image/img_0"] = {str(300 + i): ids == 300 + i, "2": ids == 2}
-    _save(root / "antenna" / "train" / "image" / "img_9.jpg", _image(20))
+        Image.fromarray(ids).save(d / "instance_map" / "0.png")
+        (d / "coco_format-mask_encoding=rle-instances_2017.json").write_text("{}")
+        expected[f"ishape_dataset/{subset}/val/image/0"] = {
+            "1000": ids == 1000,
+            "1001": ids == 1001,
+        }
+    _save(root / "ishape_dataset" / "antenna" / "train" / "image" / "9.jpg", _image(20))
     return expected, 0
 
 
 def write_ade20k(root):
-    d = root / "images" / "ADE" / "validation" / "abbey"
+    d = root / "ADE20K_2021_17_01" / "images" / "ADE" / "validation" / "cultural" / "abbey"
     _save(d / "ADE_val_00000001.jpg", _image(21))
+    train = root / "ADE20K_2021_17_01" / "images" / "ADE" / "training" / "cultural" / "abbey"
+    _save(train / "ADE_train_00000001.jpg", _image(22))  # training: not read
     seg = np.zeros((H, W, 3), np.uint8)
     seg[2:20, 2:20] = (0, 5, 1)  # class 5, instance 1
     seg[25:38, 30:50] = (10, 44, 2)  # class 1 * 256 + 44 = 300, instance 2
@@ -232,7 +301,7 @@ def write_ade20k(root):
     parts[5:10, 5:10] = (0, 7, 1)
     _save(d / "ADE_val_00000001_parts_1.png", parts)
     return {
-        "images/ADE/validation/abbey/ADE_val_00000001": {
+        "ADE20K_2021_17_01/images/ADE/validation/cultural/abbey/ADE_val_00000001": {
             "object:5:1": _rect(2, 20, 2, 20),
             "object:300:2": _rect(25, 38, 30, 50),
             "part1:7:1": _rect(5, 10, 5, 10),
@@ -275,35 +344,43 @@ def write_hypersim(root):
     ids = np.full((H, W), -1, np.int32)
     ids[5:15, 5:15] = 3
     ids[20:30, 25:45] = 7
+    scenes = root / "evermotion_dataset" / "scenes"  # where the download script extracts
     for scene in ("ai_001_001", "ai_020_001", "ai_056_001"):  # 20 and 56 are not evaluated
-        img = root / scene / "images" / "scene_cam_00_final_preview" / "frame.0000.tonemap.jpg"
+        img = scenes / scene / "images" / "scene_cam_00_final_preview" / "frame.0000.tonemap.jpg"
         _save(img, _image(25))
-        h5 = root / scene / "images" / "scene_cam_00_geometry_hdf5"
+        h5 = scenes / scene / "images" / "scene_cam_00_geometry_hdf5"
         h5.mkdir(parents=True)
         with h5py.File(h5 / "frame.0000.semantic_instance.hdf5", "w") as f:
             f.create_dataset("dataset", data=ids)
-    key = "ai_001_001/images/scene_cam_00_final_preview/frame.0000.tonemap"
+    key = (
+        "evermotion_dataset/scenes/ai_001_001/images/scene_cam_00_final_preview/frame.0000.tonemap"
+    )
     return {key: {"3": ids == 3, "7": ids == 7}}, 0
 
 
 def write_ndispark(root):
-    _save(root / "train" / "imgs" / "park_1.jpg", _image(26))
+    """The Zenodo archive: train/imgs + train/train_coco_annotations.json (an image
+    without annotations is listed too), validation/ beside it."""
+    base = root / "ndis_park"
+    _save(base / "train" / "imgs" / "69_1531569730.jpg", _image(26))
+    _save(base / "train" / "imgs" / "69_1531569735.jpg", _image(27))
     m = _rect(10, 20, 10, 40)
     _coco(
-        root / "train" / "annotations" / "coco.json",
-        [(1, "park_1.jpg", H, W)],
-        [(1, 1, _rle(m), 0)],
+        base / "train" / "train_coco_annotations.json",
+        [(1, "69_1531569730.jpg", H, W), (2, "69_1531569735.jpg", H, W)],
+        [(1, 1, [_poly(10, 10, 40, 20)], 0)],
     )
     _coco(
-        root / "validation" / "annotations" / "coco.json",
+        base / "validation" / "validation_coco_annotations.json",
         [(2, "park_2.jpg", H, W)],
         [(1, 2, _rle(m), 0)],
     )
-    return {"1": {"1": m}}, 0
+    return {"1": {"1": _poly_mask([_poly(10, 10, 40, 20)])}}, 0
 
 
 def write_visor(root):
-    base = root / "GroundTruth-SparseAnnotations"
+    # the download wraps the tree in a folder named after its DOI
+    base = root / "2v6cgv1x04ol22qp9rm9x2j6a7" / "GroundTruth-SparseAnnotations"
     name = "P01_107_frame_0000000140.jpg"
     buf = io.BytesIO()
     Image.fromarray(_image(27)).save(buf, format="JPEG")
@@ -341,42 +418,58 @@ def write_visor(root):
 
 
 def write_plittersdorf(root):
-    _save(root / "images" / "cam_left_0001.png", _image(28))
-    m = _rect(5, 35, 5, 20)
+    """plittersdorf_instance_segmentation_coco/: images/ and train/val/test.json whose ids
+    restart per file; one frame is in two splits, and the fold files repeat frames."""
+    base = root / "plittersdorf_instance_segmentation_coco"
+    _save(base / "images" / "vid01_000010.jpg", _image(28))
+    _save(base / "images" / "vid02_000020.jpg", _image(29))
+    m1, m2 = _rect(5, 35, 5, 20), _rect(10, 30, 30, 50)
+    _coco(base / "train.json", [(1, "vid01_000010.jpg", H, W)], [(1, 1, [_poly(5, 5, 20, 35)], 0)])
+    _coco(base / "val.json", [(1, "vid02_000020.jpg", H, W)], [(1, 1, _rle(m2), 0)])
     _coco(
-        root / "annotations" / "instances_test.json",
-        [(1, "cam_left_0001.png", H, W)],
-        [(4, 1, _rle(m), 0)],
+        base / "test.json",
+        [(1, "vid01_000010.jpg", H, W), (2, "vid02_000020.jpg", H, W)],
+        [(1, 1, [_poly(5, 5, 20, 35)], 0), (2, 2, _rle(m2), 0)],
     )
-    return {"1": {"4": m}}, 0
+    _coco(
+        base / "train_fold_000_train.json", [(1, "vid01_000010.jpg", H, W)], [(1, 1, _rle(m1), 0)]
+    )
+    return {
+        "vid01_000010": {"1": _poly_mask([_poly(5, 5, 20, 35)])},
+        "vid02_000020": {"1": m2},
+    }, 0
 
 
 def write_egohos(root):
+    """egohos_dataset.zip under data/: {train,val}/{image,label,contact}; frames named by
+    source, of which Ego4D and THU-READ are read."""
     label = np.zeros((H, W), np.uint8)
-    label[2:12, 2:12] = 1
-    label[20:30, 30:40] = 2
-    label[14:18, 14:40] = 3
-    for i, name in enumerate(("ego4d_abc_0001", "thu_read_0002", "epick_P01_0003")):
-        _save(root / "train" / "image" / f"{name}.jpg", _image(29 + i))
-        _save(root / "train" / "label" / f"{name}.png", label)
-    exp = {"1": label == 1, "2": label == 2, "3": label == 3}
-    return {"train/image/ego4d_abc_0001": exp, "train/image/thu_read_0002": exp}, 0
+    label[2:12, 2:12] = 1  # left hand
+    label[20:30, 30:40] = 2  # right hand
+    label[14:18, 14:40] = 4  # object touched by the right hand
+    base = root / "data" / "train"
+    for i, name in enumerate(("ego4d_abc_0001", "thu_read_0002", "epic_P01_0003")):
+        _save(base / "image" / f"{name}.jpg", _image(29 + i))
+        _save(base / "label" / f"{name}.png", label)
+        _save(base / "contact" / f"{name}.png", (label == 4).astype(np.uint8))
+    _save(root / "data" / "val" / "image" / "ego4d_val_0001.jpg", _image(40))
+    _save(root / "data" / "val" / "label" / "ego4d_val_0001.png", label)
+    exp = {"1": label == 1, "2": label == 2, "4": label == 4}
+    return {"data/train/image/ego4d_abc_0001": exp, "data/train/image/thu_read_0002": exp}, 0
 
 
 def write_ibd(root):
-    _save(root / "images" / "roof_1.png", _image(32))
-    m1, m2 = _rect(2, 18, 2, 18), _rect(20, 38, 20, 38)
-    _coco(
-        root / "annotations" / "instances_train.json",
-        [(1, "roof_1.png", H, W)],
-        [(1, 1, _rle(m1), 0), (2, 1, _rle(m2), 0)],
-    )
-    _coco(
-        root / "annotations" / "instances_val.json",
-        [(2, "roof_2.png", H, W)],
-        [(1, 2, _rle(m1), 0)],
-    )
-    return {"1": {"1": m1, "2": m2}}, 0
+    """The 2D release: train/ (RGB + height as RGBA PNGs) beside train_labels/ (ids)."""
+    rgbh = np.dstack([_image(32), np.full((H, W), 90, np.uint8)])
+    _save(root / "2D" / "train" / "roof_1.png", rgbh, "RGBA")
+    ids = np.zeros((H, W), np.uint16)
+    ids[2:18, 2:18] = 1
+    ids[20:38, 20:38] = 300  # more roofs than fit in 8 bits: a 16-bit label image
+    _save(root / "2D" / "train_labels" / "roof_1.png", ids)
+    _save(root / "2D" / "train" / "roof_2.png", rgbh, "RGBA")  # no label: skipped
+    _save(root / "2D" / "val" / "roof_9.png", rgbh, "RGBA")  # val is not read
+    _save(root / "2D" / "val_labels" / "roof_9.png", ids)
+    return {"2D/train/roof_1": {"1": ids == 1, "300": ids == 300}}, 1
 
 
 def write_woodscape(root):
@@ -384,14 +477,14 @@ def write_woodscape(root):
     part1, part2 = [[2, 2], [15, 2], [15, 10], [2, 10]], [[2, 12], [15, 12], [15, 20], [2, 20]]
     road = [[20, 25], [55, 25], [55, 39], [20, 39]]
     data = {
-        "00000_FV.png": {
+        "00000_FV.json": {
             "image_width": W,
             "image_height": H,
             "image_channels": 3,
             "annotation": [
-                {"tags": ["vehicles"], "segmentation": part1, "group_id": "g7"},
-                {"tags": ["road_surface"], "segmentation": road},
-                {"tags": ["vehicles"], "segmentation": part2, "group_id": "g7"},
+                {"id": 1, "tags": ["car"], "segmentation": part1, "group_id": 7, "z_order": 2},
+                {"id": 2, "tags": ["road_surface"], "segmentation": road, "z_order": 1},
+                {"id": 3, "tags": ["car"], "segmentation": part2, "group_id": 7, "z_order": 2},
             ],
         }
     }
@@ -403,7 +496,7 @@ def write_woodscape(root):
 
     return {
         "00000_FV": {
-            "g7:vehicles": _poly_mask([flat(part1), flat(part2)]),
+            "7:car": _poly_mask([flat(part1), flat(part2)]),
             "1": _poly_mask([flat(road)]),
         }
     }, 0
@@ -431,37 +524,44 @@ def write_cityscapes(root):
 
 
 def write_pidray(root):
-    _save(root / "hard" / "xray_hard_00001.png", _image(35))
+    base = root / "pidray"  # the archive's own top folder
+    _save(base / "hard" / "xray_hard_00001.png", _image(35))
+    _save(base / "easy" / "xray_easy_00001.png", _image(35))
     m = _rect(8, 30, 12, 44)
     _coco(
-        root / "annotations" / "xray_test_hard.json",
+        base / "annotations" / "xray_test_hard.json",
         [(1, "xray_hard_00001.png", H, W)],
-        [(1, 1, _rle(m), 0)],
+        [(1, 1, [_poly(12, 8, 44, 30)], 0)],
     )
     _coco(
-        root / "annotations" / "xray_test_easy.json",
-        [(1, "xray_easy_1.png", H, W)],
+        base / "annotations" / "xray_test_easy.json",
+        [(1, "xray_easy_00001.png", H, W)],
         [(1, 1, _rle(m), 0)],
     )
-    return {"1": {"1": m}}, 0
+    return {"1": {"1": _poly_mask([_poly(12, 8, 44, 30)])}}, 0
 
 
 def write_dram(root):
-    _save(root / "test" / "realism" / "painting_1.jpg", _image(36))
-    label = np.zeros((H, W), np.uint8)
-    label[2:10, 2:10] = 3
-    label[20:30, 40:50] = 3
-    label[15:35, 15:30] = 5
-    label[36:38, 2:4] = 4  # 4 px: below the minimum component area
-    label[0:2, 50:56] = 255
-    _save(root / "labels" / "test" / "realism" / "painting_1.png", label)
-    return {
-        "test/realism/painting_1": {
-            "3_1": _rect(2, 10, 2, 10),
-            "3_2": _rect(20, 30, 40, 50),
-            "5_1": label == 5,
-        }
-    }, 0
+    """DRAM_processed as unpacked: test/<movement>/<artist>/ beside labels/<movement>/<artist>/
+    (no test/ level under labels/), PASCAL VOC ids in a palette PNG, 255 = ignore."""
+    base = root / "DRAM_processed"
+    voc_palette = [0, 0, 0] + [40 * (i % 6) for i in range(3 * 255)]
+    expected = {}
+    for rel, seed in (("realism/courbet/painting_1", 36), ("unseen/baroque/rubens/p2", 37)):
+        _save(base / "test" / f"{rel}.jpg", _image(seed))
+        label = np.zeros((H, W), np.uint8)
+        label[2:10, 2:10] = 15  # person
+        label[20:30, 40:50] = 15  # a second person: the same class, the same mask
+        label[15:35, 15:30] = 13  # horse
+        label[0:2, 50:56] = 255  # ignore
+        im = Image.fromarray(label, "P")
+        im.putpalette(voc_palette)
+        (base / "labels" / rel).parent.mkdir(parents=True, exist_ok=True)
+        im.save(base / "labels" / f"{rel}.png")
+        expected[f"DRAM_processed/test/{rel}"] = {"15": label == 15, "13": label == 13}
+    (base / "test" / "realism.txt").write_text("realism/courbet/painting_1\n")
+    _save(base / "train" / "realism" / "courbet" / "unlabelled.jpg", _image(38))
+    return expected, 0
 
 
 def write_trashcan(root):
@@ -477,13 +577,27 @@ def write_trashcan(root):
 
 
 def write_gtea(root):
-    _save(root / "Images" / "S1_Cheese_C1_0001.jpg", _image(38))
+    """hand2K_dataset.zip extracted under GTEA/: GTEA/Images + GTEA/Masks (label values per
+    hand), beside GTEA_GAZE_PLUS and the superseded oldImages/oldMasks, which are not read."""
+    base = root / "hand2K_dataset" / "GTEA"
+    _save(base / "Images" / "S1_Cheese_C1_0001.jpg", _image(38))
     hands = np.zeros((H, W), np.uint8)
-    hands[20:38, 2:18] = 255
-    hands[22:38, 36:54] = 255
-    _save(root / "Masks" / "S1_Cheese_C1_0001.png", hands)
+    hands[20:38, 2:18] = 1  # left
+    hands[22:38, 36:54] = 2  # right
+    hands[10:14, 20:30] = 1  # a second piece of the left hand: still one mask
+    hands[30:38, 20:34] = 3  # intersecting hands
+    _save(base / "Masks" / "S1_Cheese_C1_0001.png", hands)
+    _save(base / "Images" / "S1_Cheese_C1_0002.jpg", _image(39))
+    _save(base / "Masks" / "S1_Cheese_C1_0002.png", np.zeros((H, W), np.uint8))  # no hand
+    _save(base / "oldImages" / "S1_Cheese_C1_0001.jpg", _image(38))
+    _save(base / "oldMasks" / "S1_Cheese_C1_0001.png", hands)
+    gaze = root / "hand2K_dataset" / "GTEA_GAZE_PLUS"
+    _save(gaze / "Images" / "Ahmad_American" / "0001.jpg", _image(40))
+    _save(gaze / "Masks" / "Ahmad_American" / "0001.png", hands)
+    rel = "hand2K_dataset/GTEA/Images"
     return {
-        "Images/S1_Cheese_C1_0001": {"1_1": _rect(20, 38, 2, 18), "1_2": _rect(22, 38, 36, 54)}
+        f"{rel}/S1_Cheese_C1_0001": {"1": hands == 1, "2": hands == 2, "3": hands == 3},
+        f"{rel}/S1_Cheese_C1_0002": {},
     }, 0
 
 
@@ -558,14 +672,18 @@ def test_unreadable_mask_file_is_a_problem_not_a_crash(tmp_path):
 
 def test_corrupt_label_raises_data_error(tmp_path):
     write_gtea(tmp_path / "GTEA")
-    (tmp_path / "GTEA" / "Masks" / "S1_Cheese_C1_0001.png").write_bytes(b"\x89PNG broken")
+    masks = tmp_path / "GTEA" / "hand2K_dataset" / "GTEA" / "Masks"
+    (masks / "S1_Cheese_C1_0001.png").write_bytes(b"\x89PNG broken")
     _, dataset = registry.open_dataset("GTEA", tmp_path)
     with pytest.raises(DataError):
         dataset.samples[0].read_masks()
 
 
 def test_missing_dataset_folder_names_the_layout(tmp_path):
-    with pytest.raises(DataError, match="Layout"):
+    with pytest.raises(DataError, match=r"^Cityscapes: folder .* not found; .*read_cityscapes\)$"):
+        registry.open_dataset("Cityscapes", tmp_path)
+    (tmp_path / "Cityscapes").mkdir()
+    with pytest.raises(DataError, match=r"^Cityscapes: no leftImg8bit/val/"):
         registry.open_dataset("Cityscapes", tmp_path)
     with pytest.raises(DataError, match="unknown dataset"):
         registry.open_dataset("NotADataset", tmp_path)
@@ -583,10 +701,11 @@ def test_sa1b_and_coco_entries(tmp_path):
     _, sharded = registry.open_dataset(f"sa1b:{tmp_path / 'shards'}", None)
     assert len(sharded.samples) == 3
 
-    write_streets(tmp_path / "c")
-    ann = tmp_path / "c" / "annotations" / "streets_coco.json"
-    name, coco = registry.open_dataset(f"coco:{ann}:{tmp_path / 'c' / 'images'}", None)
-    assert name == "coco:streets_coco" and len(coco.samples) == 1
+    write_trashcan(tmp_path / "c")
+    base = tmp_path / "c" / "dataset" / "instance_version"
+    ann = base / "instances_train_trashcan.json"
+    name, coco = registry.open_dataset(f"coco:{ann}:{base / 'train'}", None)
+    assert name == "coco:instances_train_trashcan" and len(coco.samples) == 1
     with pytest.raises(DataError):
         registry.open_dataset(f"coco:{ann}", None)
 
@@ -626,15 +745,51 @@ def test_synthetic_entry_takes_the_generator_settings():
         registry.open_dataset("synthetic", None, 2, synthetic_options={"size": (8, 8)})
 
 
-def test_colour_coded_semantic_labels_split_per_colour_and_component():
-    from sam_jax.evaluation.readers import connected_components
+def test_readers_refuse_what_is_not_the_papers_subset(tmp_path):
+    # EgoHOS with only EPIC-KITCHENS frames: no silent fallback to every frame
+    label = np.zeros((H, W), np.uint8)
+    label[2:12, 2:12] = 1
+    _save(tmp_path / "EgoHOS" / "train" / "image" / "epic_P01_0003.jpg", _image(1))
+    _save(tmp_path / "EgoHOS" / "train" / "label" / "epic_P01_0003.png", label)
+    with pytest.raises(DataError, match=r"EgoHOS: no frame .* ego4d/thu .* start with: epic"):
+        registry.open_dataset("EgoHOS", tmp_path)
+    # PPDLS with both the CVPPP 2017 A1-A3 folders and the 2015 Plant/ tree: not twice
+    write_ppdls(tmp_path / "PPDLS")
+    _save(tmp_path / "PPDLS" / "Plant" / "Ara2012" / "ara2012_plant001_rgb.png", _image(2))
+    _save(tmp_path / "PPDLS" / "Plant" / "Ara2012" / "ara2012_plant001_label.png", label)
+    with pytest.raises(DataError, match="PPDLS: both the CVPPP 2017 A1-A3 folders"):
+        registry.open_dataset("PPDLS", tmp_path)
+    # IBD with neither its label folders nor a COCO export: no "any JSON" fallback
+    (tmp_path / "IBD" / "meta").mkdir(parents=True)
+    (tmp_path / "IBD" / "meta" / "info.json").write_text('{"images": [], "annotations": []}')
+    with pytest.raises(DataError, match=r"IBD: expected train/ beside train_labels/"):
+        registry.open_dataset("IBD", tmp_path)
+    # Plittersdorf without its split files
+    (tmp_path / "Plittersdorf").mkdir()
+    (tmp_path / "Plittersdorf" / "other.json").write_text("{}")
+    with pytest.raises(DataError, match="Plittersdorf: expected .*train.json"):
+        registry.open_dataset("Plittersdorf", tmp_path)
 
-    label = np.zeros((H, W, 3), np.uint8)
-    label[2:10, 2:10] = (200, 0, 0)
-    label[20:30, 2:10] = (200, 0, 0)
-    label[2:10, 30:40] = (0, 200, 0)
-    label[30:35, 30:50] = 255  # ignore
-    got = dict(connected_components(label))
-    red = str(200 << 16)
-    assert sorted(got) == sorted([f"{red}_1", f"{red}_2", f"{200 << 8}_1"])
-    np.testing.assert_array_equal(got[f"{red}_2"], _rect(20, 30, 2, 10))
+
+def test_ppdls_reads_the_2015_tree_alone_and_says_so(tmp_path):
+    label = np.zeros((H, W), np.uint8)
+    label[2:12, 2:12] = 3
+    base = tmp_path / "PPDLS" / "Plant_Phenotyping_Datasets" / "Plant" / "Tobacco"
+    _save(base / "tobacco_plant001_rgb.png", _image(2))
+    _save(base / "tobacco_plant001_label.png", label)
+    _, dataset = registry.open_dataset("PPDLS", tmp_path)
+    assert len(dataset.samples) == 1 and "not the paper's" in dataset.layout
+
+
+def test_lvis_finds_pictures_by_their_2017_names_without_a_url(tmp_path):
+    from sam_jax.evaluation.readers import image_file_names
+
+    assert image_file_names({"file_name": "COCO_val2014_000000001268.jpg"}) == [
+        "000000001268.jpg",
+        "COCO_val2014_000000001268.jpg",
+    ]
+    assert image_file_names({"coco_url": "http://x/val2017/000000000139.jpg"})[0] == (
+        "val2017/000000000139.jpg"
+    )
+    with pytest.raises(KeyError):
+        image_file_names({})

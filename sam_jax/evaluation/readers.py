@@ -9,16 +9,16 @@ skipped on its own.
 
 Formats:
 - `coco_json`: COCO instance JSON (polygons, RLE, uncompressed RLE), also LVIS (images
-  named by `coco_url`) - TimberSeg, LVIS, ZeroWaste-f, NDISPark, PIDRay, Plittersdorf,
-  IBD, STREETS, TrashCan, and `coco:ANN_JSON:IMAGE_DIR`.
-- `label_maps` with a decoder: one label image per image holding instance ids - generic
-  instance-id PNGs (PPDLS, iShape, EgoHOS), Cityscapes `instanceIds` (panoptic segments),
-  ADE20K full-release `_seg.png` / `_parts_N.png`, Hypersim `semantic_instance.hdf5`, and
-  semantic PNGs split into connected components per class (DRAM, GTEA).
+  found by `coco_url`) - TimberSeg, LVIS, ZeroWaste-f, NDISPark, PIDRay, Plittersdorf,
+  TrashCan, and `coco:ANN_JSON:IMAGE_DIR`.
+- `label_maps` with a decoder: one label image per image, one mask per label value -
+  instance-id PNGs (PPDLS, iShape, EgoHOS, IBD, GTEA's hand labels, DRAM's classes),
+  Cityscapes `instanceIds` (panoptic segments), ADE20K full-release `_seg.png` /
+  `_parts_N.png`, Hypersim `semantic_instance.hdf5`.
 - `mask_files`: one binary PNG per instance (BBBC038v1; DOORS has one per image).
 - `youtube_vis_json`: video instance JSON with per-frame RLEs (OVIS).
 - `visor_json`: EPIC-KITCHENS VISOR per-video JSONs with polygon segments.
-- `via_json`: VGG Image Annotator polygon JSON (NDD20).
+- `via_json`: VGG Image Annotator polygon JSON (NDD20, STREETS).
 - `woodscape_json`: WoodScape per-image polygon JSONs.
 - `sa1b`: SA-1B `sa_N.jpg` + `sa_N.json` (directory or `.tar` shards).
 - `synthetic`: pictures from `sam_jax.data.synthetic`, generated on the fly.
@@ -31,6 +31,7 @@ import io
 import json
 import logging
 import os
+import re
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -38,7 +39,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
-from scipy import ndimage
 
 from sam_jax.data.sources import DataError
 
@@ -84,6 +84,7 @@ class Dataset:
     samples: list[Sample]
     skipped: int = 0
     problems: list[str] = dataclasses.field(default_factory=list)
+    layout: str = ""  # the release layout the reader recognised, for the inventory
 
     def skip(self, message: str) -> None:
         self.skipped += 1
@@ -238,6 +239,7 @@ def coco_json(
     include_crowd: bool = False,
     id_prefix: bool | None = None,
     other_json_ok: bool = False,
+    unique_file_names: bool = False,
 ) -> Dataset:
     """COCO-format instance annotations (also LVIS, whose image entries may only carry a
     `coco_url`). Images are looked up as `image_root/file_name`, then by base name anywhere
@@ -245,6 +247,9 @@ def coco_json(
 
     other_json_ok: the files were found by a broad glob, so a JSON that is not COCO
     (release metadata) is passed over instead of counted as skipped.
+    unique_file_names: the files are splits of one release that may list the same picture
+    more than once (with ids that restart per file): each file name is read once, from
+    the first file that has it, and names the sample.
     """
     roots = [Path(image_root)] if isinstance(image_root, (str, Path)) else list(image_root)
     dataset = Dataset(name, [])
@@ -266,7 +271,8 @@ def coco_json(
             continue
         loaded.append((ann_file, data))
     if id_prefix is None:
-        id_prefix = len(loaded) > 1
+        id_prefix = len(loaded) > 1 and not unique_file_names
+    seen_files: set[str] = set()
     for ann_file, data in loaded:
         by_image: dict = {}
         for ann in data["annotations"]:
@@ -279,7 +285,8 @@ def coco_json(
         for img in data["images"]:
             try:
                 image_id = img["id"]
-                file_name = img.get("file_name") or img["coco_url"].rsplit("/", 1)[-1]
+                names = image_file_names(img)
+                file_name = names[0]
                 h, w = int(img["height"]), int(img["width"])
             except (KeyError, TypeError, ValueError, AttributeError):
                 dataset.skip(f"{ann_file}: malformed image entry {img!r:.200}")
@@ -287,11 +294,17 @@ def coco_json(
             anns = by_image.get(image_id)
             if not anns:
                 continue
-            key = f"{Path(ann_file).stem}/{image_id}" if id_prefix else str(image_id)
+            if unique_file_names:
+                if file_name in seen_files:
+                    continue
+                seen_files.add(file_name)
+                key = os.path.splitext(file_name)[0]
+            else:
+                key = f"{Path(ann_file).stem}/{image_id}" if id_prefix else str(image_id)
             dataset.samples.append(
                 Sample(
                     image_id=key,
-                    read_image=_coco_image_reader(roots, indexes, file_name),
+                    read_image=_coco_image_reader(roots, indexes, names),
                     read_masks=_coco_masks_reader(anns, h, w, key),
                     num_masks=len(anns),
                 )
@@ -299,17 +312,43 @@ def coco_json(
     return dataset
 
 
-def _coco_image_reader(roots, indexes, file_name):
+def image_file_names(img: dict) -> list[str]:
+    """Where a COCO-style image entry's picture may be, most specific first.
+
+    LVIS v0.5 lists COCO-2014 names (`COCO_val2014_000000001268.jpg`) beside a `coco_url`
+    into COCO 2017 (`.../val2017/000000001268.jpg`), which is what is on disk; LVIS v1 has
+    only the URL (detectron2's datasets/lvis.py reads `coco_url`'s last two parts the same
+    way). Other sets name the picture in `file_name`, sometimes under a folder prefix.
+    """
+    names = []
+    url = img.get("coco_url")
+    if isinstance(url, str) and url:
+        parts = url.rstrip("/").split("/")
+        names += ["/".join(parts[-2:]), parts[-1]]
+    file_name = img.get("file_name")
+    if isinstance(file_name, str) and file_name:
+        base = os.path.basename(file_name)
+        if re.fullmatch(r"COCO_[a-z]+2014_\d{12}\.\w+", base):
+            names.append(base[-16:])
+        names.append(file_name)
+    if not names:
+        raise KeyError("file_name")
+    return list(dict.fromkeys(names))
+
+
+def _coco_image_reader(roots, indexes, names):
     def read():
-        for root in roots:
-            path = root / file_name
-            if path.is_file():
-                return read_rgb(path)
-        for index in indexes:
-            path = index.find(file_name)
-            if path is not None:
-                return read_rgb(path)
-        raise DataError(f"image {file_name} not found under {', '.join(map(str, roots))}")
+        for name in names:
+            for root in roots:
+                path = root / name
+                if path.is_file():
+                    return read_rgb(path)
+        for name in names:
+            for index in indexes:
+                path = index.find(name)
+                if path is not None:
+                    return read_rgb(path)
+        raise DataError(f"image {names[-1]} not found under {', '.join(map(str, roots))}")
 
     return read
 
@@ -359,41 +398,6 @@ def instance_ids(label: np.ndarray, background: Sequence[int] = (0,)):
         yield str(int(v)), flat == v
 
 
-def connected_components(
-    label: np.ndarray,
-    background: Sequence[int] = (0,),
-    ignore: Sequence[int] = (255,),
-    min_area: int = 16,
-):
-    """The paper's conversion of semantic labels: one mask per 8-connected component of
-    each class. Components under `min_area` pixels (specks of annotation noise that no
-    click protocol can meaningfully target) are left out. Colour-coded (RGB) label maps
-    are read one class per colour."""
-    if label.ndim == 3:
-        if (label[..., :1] == label).all():
-            label = label[..., 0]  # a gray label map saved as RGB
-        else:  # colour-coded classes: one id per colour, grey values map to themselves
-            ignore = [v << 16 | v << 8 | v for v in ignore]
-            background = [v << 16 | v << 8 | v for v in background]
-            label = (
-                label[..., 0].astype(np.int64) << 16
-                | label[..., 1].astype(np.int64) << 8
-                | label[..., 2].astype(np.int64)
-            )
-    structure = np.ones((3, 3), bool)
-    for value in np.unique(label):
-        v = int(value)
-        if v in background or v in ignore:
-            continue
-        components, n = ndimage.label(label == value, structure=structure)
-        if n == 0:
-            continue
-        areas = np.bincount(components.ravel(), minlength=n + 1)
-        for c in range(1, n + 1):
-            if areas[c] >= min_area:
-                yield f"{v}_{c}", components == c
-
-
 def label_maps(
     name: str,
     items: Sequence[tuple[str, Path, object]],
@@ -434,27 +438,6 @@ def _label_masks_reader(image_path, label_src, decode, image_id):
 def decode_instance_png(background: Sequence[int] = (0,)):
     def decode(path, shape):
         return instance_ids(read_label(path), background)
-
-    return decode
-
-
-def decode_semantic_png(
-    background: Sequence[int] = (0,), ignore: Sequence[int] = (255,), min_area: int = 16
-):
-    def decode(path, shape):
-        return connected_components(read_label(path), background, ignore, min_area)
-
-    return decode
-
-
-def decode_binary_components(min_area: int = 16):
-    """Binary masks (any nonzero value is foreground) split into connected components."""
-
-    def decode(path, shape):
-        label = read_label(path)
-        if label.ndim == 3:
-            label = label.max(axis=2)
-        return connected_components((label > 127).astype(np.uint8), (0,), (), min_area)
 
     return decode
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,25 +63,55 @@ def _coco(name, root, patterns, image_roots=None) -> Dataset:
     dataset = readers.coco_json(name, files, roots, other_json_ok=broad)
     if not dataset.samples and not dataset.skipped:
         raise DataError(f"{name}: no COCO instance annotations in {[str(f) for f in files]}")
+    dataset.layout = "COCO JSON " + ", ".join(str(f.relative_to(root)) for f in files)
     return dataset
 
 
 # ---------------------------------------------------------------------------- readers
 def read_ppdls(root: Path) -> Dataset:
-    """PPDLS - Plant Phenotyping Datasets, leaf segmentation (CVPPP LSC).
+    """PPDLS - Plant Phenotyping Datasets, leaf segmentation: CVPPP 2017 LSC training A1-A3.
 
-    Obtain: https://www.plant-phenotyping.org/datasets (Plant Phenotyping Datasets, or the
-    CVPPP 2017 LSC training data). Layout, searched recursively:
-        PPDLS/A1/plant001_rgb.png + A1/plant001_label.png      (CVPPP 2017 A1..A4)
-        PPDLS/Plant/Ara2012/ara2012_plant001_rgb.png + ..._label.png   (2014 release)
+    Obtain: https://www.plant-phenotyping.org/datasets (CVPPP2017_LSC_training.zip).
+    Layout (as read by Wizaron/instance-segmentation-pytorch, data/scripts/CVPPP/
+    1-create_annotations.py), the training folder at any depth under PPDLS/:
+        PPDLS/CVPPP2017_LSC_training/training/A1/plant001_rgb.png + plant001_label.png
+        .../training/A2/..., .../training/A3/...
     `*_label.png` is an indexed PNG whose palette index is the leaf id (0 = background).
+    Table 7's 182 images fit A1-A3 (128 + 31 + 27 = 186 with labels), not A4 (624) or the
+    testing sets (no labels), which are not read. The 2015 release's `Plant/` tree
+    (Ara2012, Ara2013-Canon, Tobacco: the same plants and more) is read only when no A1-A3
+    folder is there, and reported as such; with both, the reader stops rather than count
+    plants twice.
     """
+
+    def labelled(d: Path) -> bool:
+        return d.is_dir() and any(d.glob("*_label.png"))
+
+    subsets = sorted(d for d in root.glob("**/A[123]") if labelled(d) and "testing" not in d.parts)
+    plant_tree = sorted(d for d in root.glob("**/Plant/*") if labelled(d))
+    if subsets and plant_tree:
+        raise DataError(
+            f"PPDLS: both the CVPPP 2017 A1-A3 folders ({subsets[0]}) and the 2015 Plant/ tree "
+            f"({plant_tree[0].parent}) are under {root}; keep one (A1-A3 is the paper's)"
+        )
+    names = [d.name for d in subsets]
+    if len(names) != len(set(names)):
+        raise DataError(f"PPDLS: more than one copy of {sorted(names)} under {root}")
+    folders = subsets or plant_tree
+    if not folders:
+        raise DataError(
+            f"PPDLS: expected CVPPP2017_LSC_training/training/A1..A3/*_label.png under {root}"
+        )
+    images = [p for d in folders for p in d.glob("*_rgb.png")]
     items, missing = readers.pair_by_stem(
-        root.rglob("*_rgb.png"),
-        lambda p: p.with_name(p.name[: -len("_rgb.png")] + "_label.png"),
-        root,
+        images, lambda p: p.with_name(p.name[: -len("_rgb.png")] + "_label.png"), root
     )
     ds = readers.label_maps("PPDLS", items, readers.decode_instance_png())
+    ds.layout = (
+        "CVPPP 2017 LSC training " + "+".join(names)
+        if subsets
+        else "2015 Plant/ tree (not the paper's A1-A3 subset)"
+    )
     for m in missing:
         ds.skip(m)
     return ds
@@ -163,11 +192,14 @@ def read_ndd20(root: Path) -> Dataset:
     ds = Dataset("NDD20", [])
     found = False
     for part in ("ABOVE", "BELOW"):
-        ann = root / f"{part}_LABELS.json"
-        if not ann.is_file():
+        ann = next(
+            iter(readers.find_coco_files(root, [f"{part}_LABELS.json", f"**/{part}_LABELS.json"])),
+            None,
+        )
+        if ann is None:
             continue
         found = True
-        sub = readers.via_json("NDD20", ann, root / part)
+        sub = readers.via_json("NDD20", ann, ann.parent / part)
         for s in sub.samples:
             s.image_id = f"{part}/{s.image_id}"
         ds.samples.extend(sub.samples)
@@ -181,28 +213,62 @@ def read_ndd20(root: Path) -> Dataset:
 def read_lvis(root: Path) -> Dataset:
     """LVIS v0.5 validation (instance polygons on COCO 2017 images).
 
-    Obtain: https://www.lvisdataset.org/dataset (lvis_v0.5_val.json) and the COCO 2017
-    images from https://cocodataset.org. Layout:
-        LVIS/lvis_v0.5_val.json
-        LVIS/val2017/*.jpg  (and/or LVIS/train2017/*.jpg; images are found by file name)
+    Obtain: https://www.lvisdataset.org/dataset (lvis_v0.5_val.json.zip) and the COCO 2017
+    val images from https://cocodataset.org. Layout:
+        LVIS/lvis_v0.5_val.json   (or LVIS/annotations/lvis_v0.5_val.json)
+        LVIS/val2017/000000001268.jpg
+    The JSON's image entries name COCO-2014 files (`COCO_val2014_000000001268.jpg`) beside a
+    `coco_url` into val2017; the pictures are found by the URL's `val2017/<name>`, or by the
+    last 16 characters of the 2014 name (see `readers.image_file_names`). Annotations have
+    no `iscrowd`: every one is read.
     """
-    return _coco(
+    ds = _coco(
         "LVIS",
         root,
         ["lvis_v0.5_val.json", "**/lvis_v0.5_val.json"],
-        lambda f: [p for p in (root / "val2017", root / "train2017") if p.is_dir()] or [root],
+        lambda f: [
+            root,
+            f.parent,
+            *(p for p in (root / "val2017", root / "train2017") if p.is_dir()),
+        ],
     )
+    ds.layout += " + val2017/"
+    return ds
 
 
 def read_streets(root: Path) -> Dataset:
-    """STREETS - traffic camera images with car masks (COCO-format JSON).
+    """STREETS - traffic camera images with vehicle masks (VIA 1.x polygon JSON).
 
-    Obtain: the STREETS release (Snyder and Do, NeurIPS 2019; cited as [91] in the SAM
-    paper). Layout: the
-    release extracted under STREETS/; every COCO instance JSON found under it is read, and
-    images are looked up by file name anywhere under STREETS/.
+    Obtain: https://databank.illinois.edu/datasets/IDB-3671567 (Snyder and Do, NeurIPS
+    2019; cited as [91] in the SAM paper), the `vehicleannotations` element. Layout (the
+    authors' corey-snyder/STREETS, benchmark/vehiclecounting/mrcnn_retrained_benchmarking.py,
+    reads these paths):
+        STREETS/vehicleannotations/annotations/vehicle-annotations.json
+        STREETS/vehicleannotations/images/<camera view>-<k>.jpg
+    The JSON is VIA 1.x: `{key: {"filename", "regions": {"0": {"shape_attributes":
+    {"name": "polygon", "all_points_x", "all_points_y"}, "region_attributes":
+    {"vehicle_type": "car"}}}}}`. Every vehicle region is a mask, whatever its type: the
+    paper speaks of cars, and the release's own ground truth counts every vehicle polygon;
+    the counts cannot tell the two apart, since the ~2950 annotated images hold far more than
+    15k masks and the paper's 819 images are its ~10k-mask subsample. The stray VIA project
+    `via_region_data.json` in images/ is not read.
     """
-    return _coco("STREETS", root, ["**/*.json"])
+    ann = next(
+        iter(
+            readers.find_coco_files(
+                root,
+                [
+                    "vehicleannotations/annotations/vehicle-annotations.json",
+                    "**/vehicle-annotations.json",
+                ],
+            )
+        ),
+        None,
+    )
+    ann = _require(ann, "vehicleannotations/annotations/vehicle-annotations.json", root)
+    ds = readers.via_json("STREETS", ann, ann.parent.parent / "images")
+    ds.layout = f"{ann.relative_to(root)} (VIA 1.x) + images/"
+    return ds
 
 
 def read_zerowaste(root: Path) -> Dataset:
@@ -223,17 +289,30 @@ def read_zerowaste(root: Path) -> Dataset:
 def read_ishape(root: Path) -> Dataset:
     """iShape - irregular shapes (antenna, branch, fence, hanger, log, wire), split val.
 
-    Obtain: https://ishape.github.io. Layout, one folder per sub-dataset:
-        iShape/<subset>/val/image/<name>.jpg
-        iShape/<subset>/val/instance_map/<name>.png   (one id per instance, 0 = background)
+    Obtain: https://ishape.github.io (ishape_dataset.tar). Layout, as the tar extracts
+    (the dataset README; the generator in iShape/build_synthetic_ishape writes
+    `instance_map` with cv2 as uint16), with or without the tar's own top folder:
+        iShape/ishape_dataset/<subset>/val/image/<name>.jpg
+        iShape/ishape_dataset/<subset>/val/instance_map/<name>.png   (16-bit instance ids,
+            category * 1000 + k; 0 = background)
+    One mask per id: fence and wire instances are several pieces each, so no splitting
+    into connected components. The COCO JSONs beside them hold the same masks and are not
+    read; neither is train/.
     """
-    images = [p for p in root.glob("*/val/image/*") if p.suffix.lower() in (".jpg", ".png")]
+    base = root / "ishape_dataset" if (root / "ishape_dataset").is_dir() else root
+    exts = (".jpg", ".jpeg", ".png")
+    images = [p for p in base.glob("*/val/image/*") if p.suffix.lower() in exts]
+    if not images:
+        images = [p for p in root.glob("**/val/image/*") if p.suffix.lower() in exts]
     items, missing = readers.pair_by_stem(
         images, lambda p: p.parent.parent / "instance_map" / (p.stem + ".png"), root
     )
     if not items and not missing:
-        raise DataError(f"iShape: no <subset>/val/image/* under {root}")
+        raise DataError(f"iShape: expected ishape_dataset/<subset>/val/image/*.jpg under {root}")
     ds = readers.label_maps("iShape", items, readers.decode_instance_png())
+    ds.layout = (
+        f"{base.relative_to(root) if base != root else '.'}/<subset>/val/{{image,instance_map}}"
+    )
     for m in missing:
         ds.skip(m)
     return ds
@@ -242,16 +321,26 @@ def read_ishape(root: Path) -> Dataset:
 def read_ade20k(root: Path) -> Dataset:
     """ADE20K validation, full release: object and part instances.
 
-    Obtain: https://groups.csail.mit.edu/vision/datasets/ADE20K/ (ADE20K_2021_17_01; the
-    2016 full release has the same file convention). Layout, searched recursively:
-        ADE20K/images/ADE/validation/<scene>/ADE_val_00000001.jpg
+    Obtain: https://ade20k.csail.mit.edu (ADE20K_2021_17_01; the 2016 full release has the
+    same file convention). Layout (CSAILVision/ADE20K, utils/utils_ade20k.py reads it):
+        ADE20K/ADE20K_2021_17_01/images/ADE/validation/<scene>/.../ADE_val_00000001.jpg
         .../ADE_val_00000001_seg.png      (class = R/10*256 + G, instance = B)
         .../ADE_val_00000001_parts_1.png  (part levels 1, 2, ..., same encoding)
+    Only validation images are read, each name once (if two releases are extracted side by
+    side, the first in path order is kept). The per-image amodal instance folders are not
+    used: they include occluded parts.
     """
+    images = [p for p in root.rglob("ADE_val_*.jpg") if "validation" in p.parts]
+    unique: dict[str, Path] = {}
+    for p in sorted(images):
+        unique.setdefault(p.name, p)
+    if not unique:
+        raise DataError(f"ADE20K: no images/ADE/validation/**/ADE_val_*.jpg under {root}")
     items, missing = readers.pair_by_stem(
-        root.rglob("ADE_val_*.jpg"), lambda p: p.with_name(p.stem + "_seg.png"), root
+        unique.values(), lambda p: p.with_name(p.stem + "_seg.png"), root
     )
     ds = readers.label_maps("ADE20K", items, readers.decode_ade20k)
+    ds.layout = "images/ADE/validation/**/ADE_val_*.jpg + _seg.png / _parts_N.png"
     for m in missing:
         ds.skip(m)
     return ds
@@ -260,24 +349,30 @@ def read_ade20k(root: Path) -> Dataset:
 def read_ovis(root: Path) -> Dataset:
     """OVIS - Occluded Video Instance Segmentation, split train.
 
-    Obtain: https://songbai.site/ovis/ (annotations_train.json, train.zip). Layout:
+    Obtain: https://songbai.site/ovis/ (annotations_train.json, train.zip; "COCO-style,
+    like YouTube-VIS", qjy981010/OVIS-project-page). Layout:
         OVIS/annotations_train.json   (or OVIS/annotations/annotations_train.json)
-        OVIS/train/<video>/<frame>.jpg
+        OVIS/train/<video>/img_0000001.jpg   (or OVIS/Images/train/...)
     Every annotated frame is an image; its masks are the per-frame RLEs.
     """
     ann = next(
-        (
-            p
-            for p in (
-                root / "annotations_train.json",
-                root / "annotations" / "annotations_train.json",
-            )
-            if p.is_file()
+        iter(
+            readers.find_coco_files(root, ["annotations_train.json", "**/annotations_train.json"])
         ),
         None,
     )
     ann = _require(ann, "annotations_train.json", root)
-    return readers.youtube_vis_json("OVIS", ann, root / "train")
+    frames = next(
+        (
+            d
+            for d in (root / "train", root / "Images" / "train", ann.parent / "train")
+            if d.is_dir()
+        ),
+        root / "train",
+    )
+    ds = readers.youtube_vis_json("OVIS", ann, frames)
+    ds.layout = f"{ann.relative_to(root)} + {frames.relative_to(root)}/"
+    return ds
 
 
 _HYPERSIM_EXCLUDED_VOLUMES = {20, 25, 40, 49}
@@ -286,20 +381,25 @@ _HYPERSIM_EXCLUDED_VOLUMES = {20, 25, 40, 49}
 def read_hypersim(root: Path) -> Dataset:
     """Hypersim - photorealistic indoor scenes; Evermotion volumes 1-55 except 20, 25, 40, 49.
 
-    Obtain: https://github.com/apple/ml-hypersim (download script; needs the tonemapped
-    `final_preview` JPEGs and the `geometry_hdf5` semantic_instance files). Layout:
-        Hypersim/ai_001_001/images/scene_cam_00_final_preview/frame.0000.tonemap.jpg
-        Hypersim/ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.semantic_instance.hdf5
+    Obtain: https://github.com/apple/ml-hypersim (code/python/tools/
+    dataset_download_images.py; one zip per scene, each holding ai_VVV_NNN/; the README
+    extracts them into evermotion_dataset/scenes/). Layout, scene folders at any depth:
+        Hypersim/.../ai_001_001/images/scene_cam_00_final_preview/frame.0000.tonemap.jpg
+        Hypersim/.../ai_001_001/images/scene_cam_00_geometry_hdf5/frame.0000.semantic_instance.hdf5
     The HDF5 dataset "dataset" holds an instance id per pixel (-1 = none).
     """
     images = []
-    for scene in sorted(root.glob("ai_*_*")):
-        m = re.fullmatch(r"ai_(\d+)_\d+", scene.name)
-        if not m or not 1 <= int(m.group(1)) <= 55:
-            continue
-        if int(m.group(1)) in _HYPERSIM_EXCLUDED_VOLUMES:
+    scenes = {}
+    for scene in sorted(root.glob("**/ai_[0-9][0-9][0-9]_[0-9][0-9][0-9]")):
+        if scene.is_dir() and (scene / "images").is_dir():
+            scenes.setdefault(scene.name, scene)  # a scene extracted twice counts once
+    for name, scene in sorted(scenes.items()):
+        volume = int(name.split("_")[1])
+        if not 1 <= volume <= 55 or volume in _HYPERSIM_EXCLUDED_VOLUMES:
             continue
         images.extend(scene.glob("images/scene_cam_*_final_preview/frame.*.tonemap.jpg"))
+    if not scenes:
+        raise DataError(f"Hypersim: no ai_VVV_NNN/images/ scene folder under {root}")
 
     def label_for(p: Path) -> Path:
         cam = p.parent.name.replace("_final_preview", "_geometry_hdf5")
@@ -308,6 +408,7 @@ def read_hypersim(root: Path) -> Dataset:
 
     items, missing = readers.pair_by_stem(images, label_for, root)
     ds = readers.label_maps("Hypersim", items, readers.decode_hypersim)
+    ds.layout = f"{len(scenes)} scene folders ai_VVV_NNN/images/"
     for m in missing:
         ds.skip(m)
     return ds
@@ -316,83 +417,161 @@ def read_hypersim(root: Path) -> Dataset:
 def read_ndispark(root: Path) -> Dataset:
     """NDISPark - Night and Day Instance Segmented Park, split train (COCO-format JSON).
 
-    Obtain: the NDISPark release on Zenodo (Ciampi et al., 2021-2022; cited as [22, 23] in
-    the SAM paper). Layout: the release extracted
-    under NDISPark/; COCO JSONs under a `train` folder (or named `*train*.json`) are read,
-    images are looked up by file name anywhere under NDISPark/.
+    Obtain: https://doi.org/10.5281/zenodo.6560823 (Ciampi et al.; cited as [22, 23] in
+    the SAM paper). Layout (hkxiao/ASAM, sam_continue_learning/dat.py), at any depth:
+        NDISPark/.../train/train_coco_annotations.json   (112 images, 2577 instances)
+        NDISPark/.../train/imgs/<camera>_<time>.jpg
+    The validation split (night) is not read.
     """
-    return _coco("NDISPark", root, ["**/train/**/*.json", "**/*train*.json"])
+    return _coco(
+        "NDISPark",
+        root,
+        ["**/train/*coco*.json", "**/*train*coco*.json"],
+        lambda f: [f.parent / "imgs", f.parent, root],
+    )
 
 
 def read_visor(root: Path) -> Dataset:
     """EPIC-KITCHENS VISOR, sparse annotations, split val.
 
-    Obtain: https://epic-kitchens.github.io/VISOR (GroundTruth-SparseAnnotations). Layout:
-        VISOR/GroundTruth-SparseAnnotations/annotations/val/P01_107.json ...
-        VISOR/GroundTruth-SparseAnnotations/rgb_frames/val/P01/P01_107.zip
+    Obtain: https://epic-kitchens.github.io/VISOR (GroundTruth-SparseAnnotations; the
+    download may wrap it in a folder named after its DOI). Layout (epic-kitchens/VISOR-HOS,
+    data_preparation/gen_coco_format.py, reads it so):
+        VISOR/.../GroundTruth-SparseAnnotations/annotations/val/P01_107.json ...
+        VISOR/.../GroundTruth-SparseAnnotations/rgb_frames/val/P01/P01_107.zip
     (frames may also be extracted to .../rgb_frames/val/P01/P01_107/<frame>.jpg).
     """
-    base = root / "GroundTruth-SparseAnnotations"
-    base = base if base.is_dir() else root
-    ann_dir = _require(base / "annotations" / "val", "annotations/val", root)
-    return readers.visor_json("VISOR", sorted(ann_dir.glob("*.json")), base / "rgb_frames" / "val")
+    base = _first_dir(root, ["GroundTruth-SparseAnnotations", "**/GroundTruth-SparseAnnotations"])
+    base = base or root
+    ann_dir = _require(
+        base / "annotations" / "val", "GroundTruth-SparseAnnotations/annotations/val", root
+    )
+    ds = readers.visor_json("VISOR", sorted(ann_dir.glob("*.json")), base / "rgb_frames" / "val")
+    ds.layout = f"{ann_dir.relative_to(root)}/*.json + rgb_frames/val/"
+    return ds
 
 
 def read_plittersdorf(root: Path) -> Dataset:
     """Plittersdorf - wildlife in SOCRATES stereo camera-trap images, all splits.
 
-    Obtain: https://github.com/timmh/socrates (Plittersdorf instance segmentation
-    dataset). Layout: the release extracted under Plittersdorf/; every COCO instance JSON
-    under it (train, val, test) is read; images are looked up by file name.
+    Obtain: https://doi.org/10.5281/zenodo.7035934 (github timmh/socrates; its
+    utils/ritm_to_coco*.py write the JSONs). Layout, at any depth:
+        Plittersdorf/plittersdorf_instance_segmentation_coco/train.json, val.json, test.json
+        Plittersdorf/plittersdorf_instance_segmentation_coco/images/<video>_<frame>.jpg
+    The splits list some frames more than once (image ids restart per file, and the
+    cross-validation fold files repeat the training frames), so each image file is read
+    once. Fold files are read only when there is no train/val/test.json.
     """
-    return _coco("Plittersdorf", root, ["**/*.json"])
+    splits = ("train.json", "val.json", "test.json")
+    files = sorted(
+        (f for f in readers.find_coco_files(root, ["**/*.json"]) if f.name in splits),
+        key=lambda f: (f.parent, splits.index(f.name)),
+    )
+    if not files:
+        files = readers.find_coco_files(root, ["**/*fold*.json"])
+    if not files:
+        raise DataError(
+            f"Plittersdorf: expected plittersdorf_instance_segmentation_coco/train.json, "
+            f"val.json and test.json under {root}"
+        )
+    roots = sorted({f.parent / "images" for f in files}) + [root]
+    ds = readers.coco_json("Plittersdorf", files, roots, unique_file_names=True)
+    ds.layout = ", ".join(str(f.relative_to(root)) for f in files) + " + images/"
+    return ds
 
 
 def read_egohos(root: Path, prefixes: tuple[str, ...] = ("ego4d", "thu")) -> Dataset:
     """EgoHOS - egocentric hand-object segmentation, split train, Ego4D and THU-READ frames.
 
-    Obtain: https://github.com/owenzlz/EgoHOS (data download script). Layout:
-        EgoHOS/train/image/<name>.jpg
-        EgoHOS/train/label/<name>.png   (1 left hand, 2 right hand, 3-8 hand objects)
-    Each label value is one instance. Only frames whose name starts with one of `prefixes`
-    (the Ego4D and THU-READ sources) are used; if none does, all frames are used.
+    Obtain: https://github.com/owenzlz/EgoHOS (download_datasets.sh: egohos_dataset.zip,
+    which extracts under data/). Layout (its mmsegmentation config reads `train/image`
+    with `train/label`), at any depth:
+        EgoHOS/.../train/image/<source>_<name>.jpg
+        EgoHOS/.../train/label/<source>_<name>.png   (0 background, 1 left hand, 2 right
+            hand, 3-5 objects touched by the left, right or both hands, 6-8 second-order)
+    Each label value is one mask. Only frames whose name starts with one of `prefixes`
+    (the Ego4D and THU-READ sources, as in the paper) are read; a copy without any such
+    frame is an error naming the prefixes it has.
     """
-    images = sorted((root / "train" / "image").glob("*.jpg"))
-    if not images:
-        raise DataError(f"EgoHOS: no train/image/*.jpg under {root}")
+    split = next(
+        (d for d in [root / "train" / "image", *sorted(root.glob("**/train/image"))] if d.is_dir()),
+        None,
+    )
+    if split is None:
+        raise DataError(f"EgoHOS: expected train/image/*.jpg (and train/label/) under {root}")
+    images = sorted(p for p in split.iterdir() if p.suffix.lower() in (".jpg", ".png"))
     chosen = [p for p in images if p.name.lower().startswith(prefixes)]
     if not chosen:
-        log.warning("EgoHOS: no frame named %s*; using all %d frames", prefixes, len(images))
-        chosen = images
+        found = sorted({p.name.split("_")[0] for p in images[:2000]})
+        raise DataError(
+            f"EgoHOS: no frame in {split} starts with {'/'.join(prefixes)} (the Ego4D and "
+            f"THU-READ frames); names there start with: {', '.join(found[:10]) or 'nothing'}"
+        )
     items, missing = readers.pair_by_stem(
-        chosen, lambda p: root / "train" / "label" / (p.stem + ".png"), root
+        chosen, lambda p: split.parent / "label" / (p.stem + ".png"), root
     )
     ds = readers.label_maps("EgoHOS", items, readers.decode_instance_png())
+    ds.layout = f"{split.relative_to(root)} + label/ ({len(chosen)} of {len(images)} frames)"
     for m in missing:
         ds.skip(m)
     return ds
 
 
 def read_ibd(root: Path) -> Dataset:
-    """IBD - InstanceBuilding 2D, roof instances in drone images, split train.
+    """IBD - InstanceBuilding 2D, roof instances in drone images (RGB + height), split train.
 
-    Obtain: the InstanceBuilding release (cited as [17] in the SAM paper). Layout: the
-    release extracted
-    under IBD/; COCO JSONs named `*train*.json` are read (any COCO JSON if none is), images
-    looked up by file name anywhere under IBD/.
+    Obtain: https://californiachen.github.io/datasets/InstanceBuilding (Chen et al., "3D
+    Instance Segmentation of MVS Buildings", TGRS 2022; cited as [17] in the SAM paper):
+    608 images, 524 train and 84 val. Layout (the 2D part, at any depth under IBD/; as read
+    by hkxiao/ASAM, sam_continue_learning/main.py, which evaluates on the paper's suite):
+        IBD/.../train/<name>.png          RGBA: RGB plus the height map (alpha is dropped)
+        IBD/.../train_labels/<name>.png   instance ids, 0 = background (8- or 16-bit)
+    A COCO export (`*train*.json` with its images beside it) is read too. The val split is
+    never read; without either layout the reader stops and says what it looked for.
     """
-    return _coco("IBD", root, ["**/*train*.json", "**/*.json"])
+    train = sorted(
+        d
+        for d in [root / "train", *root.glob("**/train")]
+        if d.is_dir() and (d.parent / "train_labels").is_dir()
+    )
+    if train:
+        img_dir = train[0]
+        images = [p for p in img_dir.iterdir() if p.suffix.lower() in readers.IMAGE_EXTENSIONS]
+        items, missing = readers.pair_by_stem(
+            images, lambda p: img_dir.parent / "train_labels" / (p.stem + ".png"), root
+        )
+        ds = readers.label_maps("IBD", items, readers.decode_instance_png())
+        ds.layout = f"{img_dir.relative_to(root)}/ + train_labels/ instance-id PNGs"
+        for m in missing:
+            ds.skip(m)
+        return ds
+    if readers.find_coco_files(root, ["**/*train*.json"]):
+        ds = _coco("IBD", root, ["**/*train*.json"])
+        ds.layout = "COCO JSON *train*.json"
+        return ds
+    raise DataError(
+        f"IBD: expected train/ beside train_labels/ (instance-id PNGs) or a COCO "
+        f"*train*.json under {root}"
+    )
 
 
 def read_woodscape(root: Path) -> Dataset:
     """WoodScape - fisheye surround-view driving, set 1 instance annotations.
 
-    Obtain: https://woodscape.valeo.com/download. Layout:
+    Obtain: https://woodscape.valeo.com/download (github valeoai/WoodScape; set 1 is the
+    8234 images of omnidet/data/train.txt and val.txt). Layout, at any depth under
+    WoodScape/:
         WoodScape/rgb_images/00000_FV.png
-        WoodScape/instance_annotations/00000_FV.json   (polygons per object)
+        WoodScape/instance_annotations/00000_FV.json
+    Each JSON is `{"00000_FV.json": {"image_width", "image_height", "annotation": [{"tags":
+    [class], "segmentation": [[x, y], ...], "group_id"?}]}}` (WoodScape's
+    scripts/parsers read the single value).
     """
-    ann_dir = _require(root / "instance_annotations", "instance_annotations/", root)
-    return readers.woodscape_json("WoodScape", ann_dir, root / "rgb_images")
+    ann_dir = _first_dir(root, ["instance_annotations", "**/instance_annotations"])
+    ann_dir = _require(ann_dir, "instance_annotations/", root)
+    ds = readers.woodscape_json("WoodScape", ann_dir, ann_dir.parent / "rgb_images")
+    ds.layout = f"{ann_dir.relative_to(root)}/ + rgb_images/"
+    return ds
 
 
 def read_cityscapes(root: Path) -> Dataset:
@@ -422,7 +601,9 @@ def read_cityscapes(root: Path) -> Dataset:
 def read_pidray(root: Path) -> Dataset:
     """PIDray - prohibited items in X-ray baggage scans, split test (hard).
 
-    Obtain: https://github.com/bywang2018/security-dataset (PIDray). Layout:
+    Obtain: https://github.com/bywang2018/security-dataset (PIDray; its mmdetection configs
+    read `annotations/xray_*.json` with images in a folder per split). Layout, the
+    annotation file at any depth (copies often hold a second `pidray/` level):
         PIDRay/annotations/xray_test_hard.json
         PIDRay/hard/*.png
     """
@@ -430,28 +611,40 @@ def read_pidray(root: Path) -> Dataset:
         "PIDRay",
         root,
         ["annotations/xray_test_hard.json", "**/xray_test_hard.json"],
-        lambda f: [root / "hard", root],
+        lambda f: [f.parent.parent / "hard", root / "hard", root],
     )
 
 
 def read_dram(root: Path) -> Dataset:
     """DRAM - Diverse Realism in Art Movements, split test, semantic labels.
 
-    Obtain: the DRAM release (Cohen et al., "Semantic segmentation in art paintings",
-    cited as [24] in the SAM paper; DRAM_processed). Layout:
-        DRAM/test/<movement>/<name>.jpg
-        DRAM/labels/test/<movement>/<name>.png   (class per pixel, 0 background, 255 ignore)
-    Following the paper, each connected component of a class is one mask.
+    Obtain: https://github.com/Nadavc220/SemanticSegmentationInArtPaintings ("DRAM
+    Processed": DRAM_processed.zip holds DRAM_processed.rar). Layout (the authors'
+    core/datasets/dram.py reads `test/<f>.jpg` with `labels/<f>.png`; blumenstiel/MESS,
+    mess/prepare_datasets/prepare_dram.py, the same), directly under DRAM/ or under
+    DRAM/DRAM_processed/:
+        DRAM/test/<movement>/<artist>/<name>.jpg          (unseen: test/unseen/<movement>/...)
+        DRAM/labels/<movement>/<artist>/<name>.png        (no test/ level under labels/)
+    Labels are PASCAL VOC class ids per pixel (0 background, 255 ignore). One mask per class
+    present in an image: Table 7's 1179 masks on 718 images (1.6 per image) fit one mask
+    per class (mostly person, sometimes a horse, dog or boat beside it); splitting classes
+    into connected components would give several masks for every group of figures.
     """
-    images = [p for p in (root / "test").rglob("*") if p.suffix.lower() in (".jpg", ".png")]
+    base = root
+    if not (root / "test").is_dir():
+        nested = [d for d in (root / "DRAM_processed", root / "DRAM_500") if (d / "test").is_dir()]
+        base = nested[0] if nested else root
+    test, labels = base / "test", base / "labels"
+    if not test.is_dir() or not labels.is_dir():
+        raise DataError(f"DRAM: expected test/ and labels/ under {root} (or DRAM_processed/)")
+    images = [p for p in test.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
     if not images:
-        raise DataError(f"DRAM: no images under {root / 'test'}")
+        raise DataError(f"DRAM: no images under {test}")
     items, missing = readers.pair_by_stem(
-        images,
-        lambda p: root / "labels" / p.relative_to(root).with_suffix(".png"),
-        root,
+        images, lambda p: labels / p.relative_to(test).with_suffix(".png"), root
     )
-    ds = readers.label_maps("DRAM", items, readers.decode_semantic_png())
+    ds = readers.label_maps("DRAM", items, readers.decode_instance_png(background=(0, 255)))
+    ds.layout = f"{test.relative_to(root) if test != root / 'test' else 'test'}/ + labels/"
     for m in missing:
         ds.skip(m)
     return ds
@@ -478,36 +671,36 @@ def read_trashcan(root: Path) -> Dataset:
 def read_gtea(root: Path) -> Dataset:
     """GTEA - Georgia Tech Egocentric Activity, hand masks (segmenting-hands task).
 
-    Obtain: https://cbs.ic.gatech.edu/fpv/ (GTEA with the hand masks of Li et al.,
-    "Delving into egocentric actions"). Layout, searched recursively:
-        GTEA/.../Images/<name>.jpg
-        GTEA/.../Masks/<name>.png    (binary hand mask)
-    Each hand (connected component of the mask) is one instance.
+    Obtain: http://cbs.ic.gatech.edu/fpv/ ("Hand masks": hand2K_dataset.zip, which holds
+    GTEA/ and GTEA_GAZE_PLUS/). Layout, the GTEA part only, directly under GTEA/ or at any
+    depth below it (e.g. GTEA/hand2K_dataset/GTEA/):
+        GTEA/Images/<name>.jpg
+        GTEA/Masks/<name>.png    (a label image: left hand, right hand and intersecting
+                                  hands carry distinct values, 0 = background)
+    `oldImages/`, `Annotations/` (LabelMe XML) and the GTEA_GAZE_PLUS frames are not read.
+    Each label value is one mask; frames without a hand have no masks and are left out.
     """
-    images = [
-        p
-        for p in root.rglob("*")
-        if p.parent.name.lower() == "images" and p.suffix.lower() in (".jpg", ".png")
-    ]
-    if not images:
-        raise DataError(f"GTEA: no Images/ folder with frames under {root}")
-
-    def label_for(p: Path) -> Path:
-        for masks in ("Masks", "masks"):
-            candidate = p.parent.parent / masks / (p.stem + ".png")
-            if candidate.is_file():
-                return candidate
-        return p.parent.parent / "Masks" / (p.stem + ".png")
-
-    items, missing = readers.pair_by_stem(images, label_for, root)
-    ds = readers.label_maps("GTEA", items, readers.decode_binary_components())
+    candidates = [root] + sorted(
+        d.parent for d in root.glob("**/Images") if d.parent.name.lower() == "gtea"
+    )
+    base = next((d for d in candidates if (d / "Images").is_dir() and (d / "Masks").is_dir()), None)
+    if base is None:
+        raise DataError(
+            f"GTEA: expected Images/ beside Masks/ (the GTEA part of hand2K) under {root}"
+        )
+    images = [p for p in (base / "Images").iterdir() if p.suffix.lower() in (".jpg", ".png")]
+    items, missing = readers.pair_by_stem(
+        images, lambda p: base / "Masks" / (p.stem + ".png"), root
+    )
+    ds = readers.label_maps("GTEA", items, readers.decode_instance_png())
+    ds.layout = f"{base.relative_to(root) / 'Images' if base != root else 'Images'}/ + Masks/"
     for m in missing:
         ds.skip(m)
     return ds
 
 
 # --------------------------------------------------------------------------- registry
-_I, _C, _S = "instance-id PNG", "COCO JSON", "semantic PNG -> connected components"
+_I, _C, _S = "instance-id PNG", "COCO JSON", "semantic PNG, one mask per class"
 
 DATASETS: dict[str, DatasetSpec] = {
     s.name: s
@@ -533,7 +726,9 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "LVIS", "scenes", 18.5, "validation (v0.5)", 945, 9642, "COCO JSON (LVIS)", read_lvis
         ),
-        DatasetSpec("STREETS", "traffic camera", 17.3, "N/A", 819, 9854, _C, read_streets),
+        DatasetSpec(
+            "STREETS", "traffic camera", 17.3, "N/A", 819, 9854, "polygon JSON (VIA)", read_streets
+        ),
         DatasetSpec("ZeroWaste-f", "recycling", 9.1, "train", 2947, 6155, _C, read_zerowaste),
         DatasetSpec("iShape", "irregular shapes", 8.8, "validation", 754, 9742, _I, read_ishape),
         DatasetSpec(
@@ -590,7 +785,7 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "EgoHOS", "egocentric", 0.8, "train (Ego4D, THU-READ)", 2940, 9961, _I, read_egohos
         ),
-        DatasetSpec("IBD", "drones", -0.3, "train (2D annotations)", 467, 11953, _C, read_ibd),
+        DatasetSpec("IBD", "drones", -0.3, "train (2D annotations)", 467, 11953, _I, read_ibd),
         DatasetSpec(
             "WoodScape",
             "fisheye driving",
@@ -623,7 +818,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "train (segmenting hands)",
             652,
             1208,
-            "binary mask PNG -> connected components",
+            "hand label PNG, one mask per value",
             read_gtea,
         ),
     ]
@@ -686,7 +881,10 @@ def open_dataset(
     if not root.is_dir() and (Path(data_dir) / spec.name.lower()).is_dir():
         root = Path(data_dir) / spec.name.lower()
     if not root.is_dir():
-        raise DataError(f"{spec.name}: directory {root} not found. {spec.layout}")
+        raise DataError(
+            f"{spec.name}: folder {root} not found; extract the release there (the layout "
+            f"is in README's dataset table and registry.{spec.read.__name__})"
+        )
     dataset = spec.read(root)
     dataset.name = spec.name
     return spec.name, dataset
