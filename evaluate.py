@@ -6,16 +6,23 @@
     python evaluate.py --config=configs/tiny.py --checkpoint=CONVERTED_DIR \
         --datasets=synthetic --output_dir=/tmp/eval_synthetic
 
+    python evaluate.py --inventory --datasets=all --data_dir=/data/sam_eval
+
 Writes results.json, records.jsonl, results.md and miou_vs_clicks.png to --output_dir,
 and resumes there after an interruption. Dataset layouts: `sam_jax/evaluation/registry.py`.
+`--inventory` only lists what --data_dir holds for each dataset, beside the paper's counts.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sam_jax.evaluation import EvalSettings, load_model, run_evaluation
+from sam_jax.evaluation import EvalSettings, inventory, load_model, run_evaluation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -56,7 +63,24 @@ flags.DEFINE_bool(
     "(helps short runs).",
 )
 flags.DEFINE_bool("overwrite", False, "Discard results of a different run in --output_dir.")
-flags.mark_flag_as_required("output_dir")
+flags.DEFINE_bool(
+    "inventory",
+    False,
+    "Only list what --data_dir holds for each of --datasets (images and masks found beside "
+    "the paper's counts, the layout recognised, problems met); loads no model. Exits 1 if "
+    "a dataset has no masks.",
+)
+flags.DEFINE_integer(
+    "inventory_sample",
+    300,
+    "Label-map datasets: decode at most this many label images to count masks (the rest "
+    "is extrapolated); 0 counts them all.",
+)
+flags.DEFINE_bool(
+    "allow_empty",
+    False,
+    "Go on when a dataset yields no masks (default: refuse to start, or fail at the end).",
+)
 
 FLAGS = flags.FLAGS
 
@@ -64,6 +88,10 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if FLAGS.inventory:
+        return _inventory()
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required (or --inventory)")
     config = _CONFIG.value
     model_config = config.model if config is not None else None
     model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
@@ -89,11 +117,34 @@ def main(argv):
         checkpoint=FLAGS.checkpoint,
         model_type=model.model_type,
         overwrite=FLAGS.overwrite,
+        allow_empty=FLAGS.allow_empty,
+        inventory_sample=FLAGS.inventory_sample,
         **synthetic,
     )
     results = run_evaluation(settings, model)
     mean = results["mean_over_datasets"]["miou"]
     logging.info("mean mIoU over datasets: %s", {k: round(v, 4) for k, v in mean.items()})
+
+
+def _inventory() -> int:
+    rows = inventory.take_inventory(
+        FLAGS.datasets,
+        FLAGS.data_dir,
+        sample_images=FLAGS.inventory_sample,
+        open_options={"synthetic_images": FLAGS.synthetic_images},
+    )
+    print(inventory.format_table(rows))
+    if FLAGS.output_dir:
+        out = Path(FLAGS.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "inventory.json").write_text(
+            json.dumps([r.as_dict() for r in rows], indent=2) + "\n"
+        )
+    bad = [r.name for r in rows if r.status == "error"]
+    if bad:
+        print(f"error: no masks found for {', '.join(bad)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

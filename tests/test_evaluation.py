@@ -267,13 +267,13 @@ def test_resume_after_interruption(tiny_model, predictor, tmp_path, monkeypatch)
 
 
 def test_registry_datasets_through_the_runner(tiny_model, predictor, tmp_path):
-    from test_eval_readers import write_dram, write_gtea
+    """Every image and mask of the 23 release-layout fixtures is scored, none twice."""
+    from test_eval_readers import WRITERS
 
-    write_gtea(tmp_path / "data" / "GTEA")
-    write_dram(tmp_path / "data" / "DRAM")
+    expected = {name: write(tmp_path / "data" / name)[0] for name, write in WRITERS.items()}
     out = tmp_path / "out"
     settings = EvalSettings(
-        datasets=["GTEA", "dram"],
+        datasets=["all"],
         data_dir=str(tmp_path / "data"),
         output_dir=str(out),
         num_clicks=(1, 2),
@@ -281,17 +281,21 @@ def test_registry_datasets_through_the_runner(tiny_model, predictor, tmp_path):
         fixed_batch_shape=True,
     )
     results = run_evaluation(settings, tiny_model, predictor)
-    assert list(results["datasets"]) == ["GTEA", "DRAM"]
-    assert results["datasets"]["GTEA"]["num_masks"] == 2
-    assert results["datasets"]["DRAM"]["num_masks"] == 3
+    assert list(results["datasets"]) == list(WRITERS)
+    for name, masks in expected.items():
+        got = results["datasets"][name]
+        assert got["num_images"] == sum(1 for m in masks.values() if m), name
+        assert got["num_masks"] == sum(len(m) for m in masks.values()), name
     assert results["datasets"]["GTEA"]["paper_sam_minus_ritm"] == -21.4
-    assert results["mean_over_datasets"]["num_datasets"] == 2
+    assert results["mean_over_datasets"]["num_datasets"] == 23
     _check_consistent(out, (1, 2))
-    assert "| GTEA | 2 | 0 |" in (out / runner.REPORT).read_text()
+    assert "| GTEA | 3 | 0 |" in (out / runner.REPORT).read_text()
     with pytest.raises(DataError, match="not found"):
         run_evaluation(
             EvalSettings(
-                datasets=["LVIS"], data_dir=str(tmp_path / "data"), output_dir=str(tmp_path / "o2")
+                datasets=["LVIS"],
+                data_dir=str(tmp_path / "nothing"),
+                output_dir=str(tmp_path / "o2"),
             ),
             tiny_model,
             predictor,

@@ -120,7 +120,8 @@ def read_ppdls(root: Path) -> Dataset:
 def read_bbbc038(root: Path) -> Dataset:
     """BBBC038v1 - Kaggle 2018 Data Science Bowl nuclei, split stage1_train.
 
-    Obtain: https://bbbc.broadinstitute.org/BBBC038 (stage1_train.zip). Layout:
+    Obtain: https://bbbc.broadinstitute.org/BBBC038 (stage1_train.zip). Layout (the Kaggle
+    2018 Data Science Bowl data description; 670 images, so the paper's 227 are a subsample):
         BBBC038v1/stage1_train/<image_id>/images/<image_id>.png
         BBBC038v1/stage1_train/<image_id>/masks/<mask_id>.png   (one binary PNG per nucleus)
     """
@@ -144,7 +145,8 @@ def read_bbbc038(root: Path) -> Dataset:
 def read_doors(root: Path) -> Dataset:
     """DOORS - Dataset fOr bOuldeRs Segmentation, subset DS1 (one boulder per image).
 
-    Obtain: https://doi.org/10.5281/zenodo.7107409 (Segmentation archive). Layout:
+    Obtain: https://doi.org/10.5281/zenodo.7107409 (DOORS.zip). Layout (as read by
+    dataset-ninja/doors, src/convert.py; DS1 holds about 45k renders, one boulder each):
         DOORS/Segmentation/DS1/DS/img/<name>.png
         DOORS/Segmentation/DS1/DS/mask/<name>.png   (boulder = 255)
     """
@@ -169,7 +171,9 @@ def read_doors(root: Path) -> Dataset:
 def read_timberseg(root: Path) -> Dataset:
     """TimberSeg 1.0 - logs in timber piles (COCO polygons).
 
-    Obtain: https://data.mendeley.com/datasets/y5npsm3gkj (TimberSeg 1.0). Layout:
+    Obtain: https://data.mendeley.com/datasets/y5npsm3gkj (TimberSeg 1.0). Layout (as read
+    by dataset-ninja/timber-seg, src/convert.py; `file_name`s carry a folder prefix, so
+    pictures are also found by base name):
         TimberSeg/original/coco_annotation.json + TimberSeg/original/images/*
     (`prescaled/` with the same structure is used when `original/` is absent.)
     """
@@ -185,7 +189,8 @@ def read_ndd20(root: Path) -> Dataset:
     """NDD20 - Northumberland Dolphin Dataset 2020, above- and below-water images.
 
     Obtain: https://data.ncl.ac.uk/articles/dataset/The_Northumberland_Dolphin_Dataset_2020/
-    Layout (VIA polygon JSON per set):
+    (the zip has no top folder). Layout (VIA 1.x polygon JSON per set; polylines for the
+    fins above water), also at any depth:
         NDD20/ABOVE/*.jpg  NDD20/ABOVE_LABELS.json
         NDD20/BELOW/*.jpg  NDD20/BELOW_LABELS.json
     """
@@ -274,7 +279,9 @@ def read_streets(root: Path) -> Dataset:
 def read_zerowaste(root: Path) -> Dataset:
     """ZeroWaste-f - cluttered recycling scenes, split train.
 
-    Obtain: https://github.com/dbash/zerowaste (zerowaste-f-final.zip). Layout:
+    Obtain: https://github.com/dbash/zerowaste (zerowaste-f-final.zip, whose top folder is
+    splits_final_deblurred/, as blumenstiel/MESS mess/prepare_datasets/prepare_zerowaste.py
+    unpacks it). Layout:
         ZeroWaste-f/splits_final_deblurred/train/labels.json
         ZeroWaste-f/splits_final_deblurred/train/data/*.PNG
     """
@@ -579,7 +586,8 @@ def read_cityscapes(root: Path) -> Dataset:
     class, the 19 evaluated classes).
 
     Obtain: https://www.cityscapes-dataset.com (leftImg8bit_trainvaltest.zip,
-    gtFine_trainvaltest.zip). Layout:
+    gtFine_trainvaltest.zip). Layout (the conventions of mcordts/cityscapesScripts,
+    preparation/createPanopticImgs.py: labelId * 1000 + k for instances):
         Cityscapes/leftImg8bit/val/<city>/<city>_<seq>_<frame>_leftImg8bit.png
         Cityscapes/gtFine/val/<city>/<city>_<seq>_<frame>_gtFine_instanceIds.png
     """
@@ -653,7 +661,9 @@ def read_dram(root: Path) -> Dataset:
 def read_trashcan(root: Path) -> Dataset:
     """TrashCan 1.0 - underwater trash, instance version, split train.
 
-    Obtain: https://conservancy.umn.edu/handle/11299/214865 (dataset.zip). Layout:
+    Obtain: https://conservancy.umn.edu/handle/11299/214865 (dataset.zip; hkxiao/ASAM,
+    sam_continue_learning/main.py, reads instance_version/instances_*_trashcan.json with
+    the split's folder). Layout:
         TrashCan/dataset/instance_version/instances_train_trashcan.json
         TrashCan/dataset/instance_version/train/*.jpg
     """

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from sam_jax.build import SamModel
 from sam_jax.data.sources import DataError
-from sam_jax.evaluation import interactive, registry, report
+from sam_jax.evaluation import interactive, inventory, registry, report
 from sam_jax.evaluation.readers import Dataset, Sample
 from sam_jax.predictor import SamPredictor
 
@@ -61,6 +61,12 @@ class EvalSettings:
     checkpoint: str | None = None
     model_type: str | None = None
     overwrite: bool = False
+    # Go on with a dataset in which no masks were found (by default the run refuses to
+    # start: it would only report nothing for it).
+    allow_empty: bool = False
+    # Label-map datasets: decode at most this many label images to count their masks
+    # before the run (the rest is extrapolated); 0 counts them all.
+    inventory_sample: int = 300
 
     def __post_init__(self):
         self.num_clicks = tuple(sorted({int(n) for n in self.num_clicks}))
@@ -82,7 +88,15 @@ class EvalSettings:
     def identity(self) -> dict:
         """What decides the results (batch size and the output folder do not)."""
         d = dataclasses.asdict(self)
-        for k in ("output_dir", "batch_size", "overwrite", "data_dir", "fixed_batch_shape"):
+        for k in (
+            "output_dir",
+            "batch_size",
+            "overwrite",
+            "data_dir",
+            "fixed_batch_shape",
+            "allow_empty",
+            "inventory_sample",
+        ):
             d.pop(k)
         d["num_clicks"] = list(self.num_clicks)
         d["synthetic_size"] = list(self.synthetic_size)
@@ -216,14 +230,7 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
     """Index every requested dataset before any model work, so a missing folder fails the
     run at once rather than after hours on the datasets before it."""
     opened: dict[str, Dataset] = {}
-    entries = []
-    for e in settings.datasets:
-        e = e.strip()
-        if e.lower() == "all":
-            entries.extend(registry.DATASETS)
-        elif e:
-            entries.append(e)
-    for entry in entries:
+    for entry in inventory.expand_entries(settings.datasets):
         name, dataset = registry.open_dataset(
             entry,
             settings.data_dir,
@@ -236,8 +243,20 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
         )
         if name in opened:
             continue
-        if not dataset.samples and not dataset.skipped:
-            raise DataError(f"{name}: no annotated images found")
+        dataset.name = name
+        if entry == "synthetic":  # generated: nothing to check
+            opened[name] = dataset
+            continue
+        row = inventory.inventory_row(dataset, 0.0, settings.inventory_sample)
+        if row.masks == 0 and not settings.allow_empty:
+            reasons = "; ".join(row.problems[1:3]) or "no annotated image in its folder"
+            raise DataError(
+                f"{name}: no masks found ({reasons}); run `evaluate.py --inventory` to see "
+                "what was read, or pass --allow_empty to go on without it"
+            )
+        warning = inventory.count_warning(row)
+        if warning:
+            log.warning("%s; check the copy with `evaluate.py --inventory`", warning)
         # Records and resume are keyed by image id: make ids unique within the dataset.
         seen: dict[str, int] = {}
         for sample in dataset.samples:
@@ -285,14 +304,14 @@ def run_evaluation(
             for sample in bar:
                 done = outputs.done.get((name, sample.image_id))
                 if done is not None:
-                    state.images += 1
+                    state.images += 1 if done.get("masks") else 0
                     state.skip(done.get("skipped", 0), done.get("problems", []))
                     continue
                 records, skipped, problems = _evaluate_sample(
                     predictor, sample, name, max_clicks, settings
                 )
                 outputs.add_image(name, sample.image_id, records, skipped, problems)
-                state.images += 1
+                state.images += 1 if records else 0  # images scored, as masks are
                 state.skip(skipped, problems)
                 for r in records:
                     state.ious.append(r["ious"])
