@@ -793,3 +793,11 @@ def test_lvis_finds_pictures_by_their_2017_names_without_a_url(tmp_path):
     )
     with pytest.raises(KeyError):
         image_file_names({})
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_empty_dataset_folder_is_one_line_naming_it(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(DataError) as e:
+        registry.open_dataset(name, tmp_path)
+    assert str(e.value).startswith(f"{name}: ") and "\n" not in str(e.value)

@@ -895,6 +895,14 @@ def open_dataset(
             f"{spec.name}: folder {root} not found; extract the release there (the layout "
             f"is in README's dataset table and registry.{spec.read.__name__})"
         )
-    dataset = spec.read(root)
+    try:
+        dataset = spec.read(root)
+    except DataError as e:  # every message names its dataset
+        message = str(e)
+        raise DataError(
+            message if message.startswith(spec.name) else f"{spec.name}: {message}"
+        ) from None
+    if not dataset.samples and not dataset.skipped:
+        raise DataError(f"{spec.name}: no annotated image found under {root}")
     dataset.name = spec.name
     return spec.name, dataset
