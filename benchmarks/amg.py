@@ -8,7 +8,7 @@ resident memory can be read from `getrusage`:
 
 Random decoders paint salt-and-pepper masks over the whole image, which box NMS reduces to
 one; the weights are therefore made to produce compact masks around each point
-(`sam_jax.testing.localize_masks`) and their mask logits and IoU predictions are scaled
+(`reference.localize_masks`) and their mask logits and IoU predictions are scaled
 (--output-scale) so that the default thresholds keep a realistic number of masks.
 
 Prints, per implementation: wall time of `generate` (ours: the first call, which compiles,
@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+# The PyTorch reference helpers live with the tests (outside the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 MATCH_IOU = 0.9
 
@@ -51,9 +54,9 @@ def _child(args) -> None:
     kwargs = json.loads(args.kwargs)
     if args.child == "ours":
         from sam_jax import SamAutomaticMaskGenerator
-        from sam_jax.build import SamModel
-        from sam_jax.checkpoint import convert_state_dict
-        from sam_jax.model_configs import build_sam, model_config
+        from sam_jax.inference.build import SamModel
+        from sam_jax.io.checkpoint import convert_state_dict
+        from sam_jax.modeling.configs import build_sam, model_config
 
         config = model_config(args.model_type)
         model = SamModel(build_sam(config), convert_state_dict(state, config), config)
@@ -65,9 +68,8 @@ def _child(args) -> None:
         runs = 1 + args.repeats  # the first call compiles
     else:
         import torch
+        from reference import build_reference
         from segment_anything import SamAutomaticMaskGenerator
-
-        from sam_jax.testing import build_reference
 
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -168,7 +170,7 @@ def main() -> None:
         _child(args)
         return
 
-    from sam_jax.testing import build_reference, localize_masks, reference_state_dict
+    from reference import build_reference, localize_masks, reference_state_dict
 
     kwargs = dict(
         points_per_side=args.points_per_side,

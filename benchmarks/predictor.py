@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+# The PyTorch reference helpers live with the tests (outside the installed package).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def _time(fn, repeats: int) -> list[float]:
@@ -44,11 +49,11 @@ def main() -> None:
 
     import jax
     import torch
+    from reference import build_reference, model_from_reference
     from segment_anything import SamPredictor as RefPredictor
     from skimage import data
 
     from sam_jax import SamPredictor
-    from sam_jax.testing import build_reference, model_from_reference
 
     if args.threads:
         torch.set_num_threads(args.threads)

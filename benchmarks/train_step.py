@@ -52,7 +52,7 @@ def _batch(config, batch_size, abstract=False):
 def speed(name, config, steps):
     import jax
 
-    from sam_jax.checkpoint import init_params
+    from sam_jax.io.checkpoint import init_params
     from sam_jax.training.trainer import Trainer
 
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1

@@ -12,7 +12,7 @@ Memory knobs: --config.model.remat=True (recompute encoder blocks in the backwar
 
 import ml_collections
 
-from sam_jax.train_config import base_config
+from sam_jax.training.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

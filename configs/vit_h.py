@@ -15,7 +15,7 @@ so `get_config().model` works.
 
 import ml_collections
 
-from sam_jax.train_config import base_config
+from sam_jax.training.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ Memory knobs: --config.model.remat (on by default here), --config.model.dtype=bf
 
 import ml_collections
 
-from sam_jax.train_config import base_config
+from sam_jax.training.config import base_config
 
 
 def get_config() -> ml_collections.ConfigDict:

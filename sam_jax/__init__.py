@@ -1,8 +1,8 @@
 """SAM (Segment Anything) in JAX/Flax."""
 
-from sam_jax.automatic_mask_generator import SamAutomaticMaskGenerator
-from sam_jax.build import SamModel, load_sam, sam_model_registry
-from sam_jax.predictor import SamPredictor
+from sam_jax.inference.automatic_mask_generator import SamAutomaticMaskGenerator
+from sam_jax.inference.build import SamModel, load_sam, sam_model_registry
+from sam_jax.inference.predictor import SamPredictor
 
 __all__ = [
     "SamAutomaticMaskGenerator",

@@ -8,11 +8,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from reference import build_reference, model_from_reference
 from segment_anything import SamPredictor as RefPredictor
 from skimage import data
 
 from sam_jax import SamPredictor
-from sam_jax.testing import build_reference, model_from_reference
 
 TINY = "tiny"
 SEED = 0

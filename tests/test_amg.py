@@ -1,6 +1,6 @@
 """Automatic mask generation: `SamAutomaticMaskGenerator` against the reference generator on
 the same weights and image, its helpers against direct computation (and the reference's
-own helpers), and the `python -m sam_jax.amg` command line."""
+own helpers), and the `python -m sam_jax.cli.amg` command line."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
+from pycocotools import mask as coco_mask
+from reference import build_reference, localize_masks, model_from_reference
 from segment_anything import SamAutomaticMaskGenerator as RefGenerator
 from segment_anything.utils import amg as ref_amg
 from torchvision.ops import nms as torch_nms
 
-from sam_jax import SamAutomaticMaskGenerator, amg, amg_utils, sam_model_registry
-from sam_jax import automatic_mask_generator as amg_module
+from sam_jax import SamAutomaticMaskGenerator, sam_model_registry
+from sam_jax.cli import amg
+from sam_jax.inference import automatic_mask_generator as amg_module
+from sam_jax.inference import mask_utils
+from sam_jax.inference.visualize import show_anns
 from sam_jax.modeling.sam import Sam
-from sam_jax.testing import build_reference, localize_masks, model_from_reference
-from sam_jax.visualize import show_anns
 
 TINY = "tiny"
 # Large logits and IoU predictions so the stability score spreads over (0, 1] and float
@@ -166,15 +168,15 @@ def test_rle_outputs_decode_to_binary_masks(our_records):
     for b, u, c in zip(binary, unc, coco):
         mask = b["segmentation"]
         assert u["segmentation"]["size"] == [h, w] == c["segmentation"]["size"]
-        np.testing.assert_array_equal(amg_utils.rle_to_mask(u["segmentation"]), mask)
+        np.testing.assert_array_equal(mask_utils.rle_to_mask(u["segmentation"]), mask)
         assert isinstance(c["segmentation"]["counts"], str)
         json.dumps(c)  # serializable as is
-        decoded = mask_utils.decode({"size": [h, w], "counts": c["segmentation"]["counts"]})
+        decoded = coco_mask.decode({"size": [h, w], "counts": c["segmentation"]["counts"]})
         np.testing.assert_array_equal(decoded.astype(bool), mask)
         # uncompressed RLE as pycocotools reads it
-        via_coco = mask_utils.decode(mask_utils.frPyObjects(u["segmentation"], h, w))
+        via_coco = coco_mask.decode(coco_mask.frPyObjects(u["segmentation"], h, w))
         np.testing.assert_array_equal(via_coco.astype(bool), mask)
-        assert u["area"] == c["area"] == b["area"] == amg_utils.area_from_rle(u["segmentation"])
+        assert u["area"] == c["area"] == b["area"] == mask_utils.area_from_rle(u["segmentation"])
         for key in ("bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"):
             assert u[key] == b[key] == c[key]
 
@@ -199,7 +201,7 @@ def test_padded_last_batch_and_batch_size_do_not_change_results(
 
 
 def test_explicit_point_grids_match_points_per_side(amg_model, image, our_records):
-    grids = [amg_utils.build_point_grid(POINTS_PER_SIDE)]
+    grids = [mask_utils.build_point_grid(POINTS_PER_SIDE)]
     gen = SamAutomaticMaskGenerator(
         amg_model, points_per_side=None, point_grids=grids, **CONFIGS["whole_image"]
     )
@@ -240,7 +242,7 @@ def test_argument_errors(amg_model):
         return SamAutomaticMaskGenerator(amg_model, **kw)
 
     with pytest.raises(ValueError, match="exactly one"):
-        make(points_per_side=8, point_grids=[amg_utils.build_point_grid(4)])
+        make(points_per_side=8, point_grids=[mask_utils.build_point_grid(4)])
     with pytest.raises(ValueError, match="exactly one"):
         make(points_per_side=None)
     with pytest.raises(ValueError, match="output_mode"):
@@ -256,7 +258,7 @@ def test_argument_errors(amg_model):
     with pytest.raises(ValueError, match="no points"):
         make(points_per_side=2, crop_n_layers=2, crop_n_points_downscale_factor=2)
     with pytest.raises(ValueError, match="one per layer"):
-        make(points_per_side=None, point_grids=[amg_utils.build_point_grid(4)], crop_n_layers=1)
+        make(points_per_side=None, point_grids=[mask_utils.build_point_grid(4)], crop_n_layers=1)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         make(points_per_side=None, point_grids=[np.array([[0.5, 2.0]])])
     with pytest.raises(ValueError, match="min_mask_region_area"):
@@ -276,10 +278,10 @@ def test_image_errors(amg_model):
 # -------------------------------------------------------------------------------- helpers
 def test_point_grids_and_crop_boxes_match_reference():
     for n in (1, 4, 7, 32):
-        np.testing.assert_array_equal(amg_utils.build_point_grid(n), ref_amg.build_point_grid(n))
+        np.testing.assert_array_equal(mask_utils.build_point_grid(n), ref_amg.build_point_grid(n))
     for args in [(16, 2, 2), (32, 1, 1), (9, 3, 2)]:
         ours, ref = (
-            amg_utils.build_all_layer_point_grids(*args),
+            mask_utils.build_all_layer_point_grids(*args),
             ref_amg.build_all_layer_point_grids(*args),
         )
         assert len(ours) == len(ref)
@@ -288,7 +290,7 @@ def test_point_grids_and_crop_boxes_match_reference():
     for size in [(300, 450), (1024, 768), (37, 53)]:
         for layers in (0, 1, 2):
             for overlap in (512 / 1500, 0.0, 0.5):
-                assert amg_utils.generate_crop_boxes(size, layers, overlap) == (
+                assert mask_utils.generate_crop_boxes(size, layers, overlap) == (
                     ref_amg.generate_crop_boxes(size, layers, overlap)
                 )
 
@@ -307,15 +309,15 @@ def test_nms_matches_torchvision(threshold):
     scores = rng.permutation(300).astype(
         np.float32
     )  # distinct: torchvision's tie order is unspecified
-    ours = amg_utils.nms(boxes, scores, threshold)
+    ours = mask_utils.nms(boxes, scores, threshold)
     ref = torch_nms(torch.as_tensor(boxes), torch.as_tensor(scores), threshold).numpy()
     np.testing.assert_array_equal(ours, ref)
 
 
 def test_nms_ties_keep_input_order():
     boxes = np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
-    np.testing.assert_array_equal(amg_utils.nms(boxes, np.ones(3), 0.5), [0, 2])
-    assert amg_utils.nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
+    np.testing.assert_array_equal(mask_utils.nms(boxes, np.ones(3), 0.5), [0, 2])
+    assert mask_utils.nms(np.zeros((0, 4)), np.zeros(0), 0.5).shape == (0,)
 
 
 def test_box_helpers():
@@ -324,13 +326,13 @@ def test_box_helpers():
     from torchvision.ops import box_iou
 
     ref = box_iou(torch.as_tensor(a), torch.as_tensor(b)).numpy()
-    np.testing.assert_allclose(amg_utils.box_iou(a, b), ref, rtol=1e-6, equal_nan=True)
-    assert amg_utils.box_xyxy_to_xywh(np.array([3, 4, 10, 20])) == [3, 4, 7, 16]
+    np.testing.assert_allclose(mask_utils.box_iou(a, b), ref, rtol=1e-6, equal_nan=True)
+    assert mask_utils.box_xyxy_to_xywh(np.array([3, 4, 10, 20])) == [3, 4, 7, 16]
     crop, orig = [0, 0, 200, 150], [0, 0, 400, 300]
     boxes = rng.integers(0, 200, (50, 4))
     boxes[:, 2:] = boxes[:, :2] + rng.integers(0, 60, (50, 2))
     ref = ref_amg.is_box_near_crop_edge(torch.as_tensor(boxes), crop, orig).numpy()
-    np.testing.assert_array_equal(amg_utils.is_box_near_crop_edge(boxes, crop, orig), ref)
+    np.testing.assert_array_equal(mask_utils.is_box_near_crop_edge(boxes, crop, orig), ref)
 
 
 def _random_masks(rng, n, h=23, w=31):
@@ -346,17 +348,17 @@ def test_mask_boxes_and_rle_match_reference():
     rng = np.random.default_rng(3)
     masks = _random_masks(rng, 12)
     ref_boxes = ref_amg.batched_mask_to_box(torch.as_tensor(masks)).numpy()
-    np.testing.assert_array_equal(amg_utils.batched_mask_to_box(masks), ref_boxes)
+    np.testing.assert_array_equal(mask_utils.batched_mask_to_box(masks), ref_boxes)
     ref_rles = ref_amg.mask_to_rle_pytorch(torch.as_tensor(masks))
     for mask, ref_rle in zip(masks, ref_rles):
-        rle = amg_utils.mask_to_rle(mask)
+        rle = mask_utils.mask_to_rle(mask)
         assert rle == ref_rle
-        np.testing.assert_array_equal(amg_utils.rle_to_mask(rle), mask)
-        assert amg_utils.area_from_rle(rle) == mask.sum()
-        coco = amg_utils.coco_encode_rle(rle)
-        assert coco == ref_amg.coco_encode_rle(ref_rle) == amg_utils.coco_encode_mask(mask)
+        np.testing.assert_array_equal(mask_utils.rle_to_mask(rle), mask)
+        assert mask_utils.area_from_rle(rle) == mask.sum()
+        coco = mask_utils.coco_encode_rle(rle)
+        assert coco == ref_amg.coco_encode_rle(ref_rle) == mask_utils.coco_encode_mask(mask)
         np.testing.assert_array_equal(
-            mask_utils.decode(mask_utils.frPyObjects(rle, *mask.shape)), mask
+            coco_mask.decode(coco_mask.frPyObjects(rle, *mask.shape)), mask
         )
 
 
@@ -366,7 +368,7 @@ def test_device_boxes_stability_and_packing_match_numpy():
     logits[0] = -5  # empty mask, empty union: stability 0/0
     masks = logits > 0
     boxes = amg_module._mask_boxes(jnp.asarray(masks.any(-1)), jnp.asarray(masks.any(-2)))
-    np.testing.assert_array_equal(boxes, amg_utils.batched_mask_to_box(masks))
+    np.testing.assert_array_equal(boxes, mask_utils.batched_mask_to_box(masks))
     packed = np.asarray(amg_module._pack_bits(jnp.asarray(masks)))
     np.testing.assert_array_equal(packed, np.packbits(masks, axis=-1))
     np.testing.assert_array_equal(amg_module._unpack(packed[1], [0, 0, 31, 23]), masks[1])
@@ -385,12 +387,12 @@ def test_remove_small_regions_matches_reference(mode):
     masks[10:15] = rng.random((5, 40, 50)) < 0.88  # dense: small holes
     for mask in masks:
         for area in (3, 10, 40):
-            ours, changed = amg_utils.remove_small_regions(mask, area, mode)
+            ours, changed = mask_utils.remove_small_regions(mask, area, mode)
             ref, ref_changed = ref_amg.remove_small_regions(mask, area, mode)
             assert changed == ref_changed
             np.testing.assert_array_equal(ours, ref)
     with pytest.raises(ValueError, match="mode"):
-        amg_utils.remove_small_regions(masks[0], 3, "both")
+        mask_utils.remove_small_regions(masks[0], 3, "both")
 
 
 def test_show_anns(image, our_records):
@@ -450,7 +452,7 @@ def test_cli_single_image_to_sa1b_json(image_dir, tmp_path, capsys):
     assert (doc["image"]["height"], doc["image"]["width"]) == (200, 160)
     for i, ann in enumerate(doc["annotations"]):
         assert ann["id"] == i and RECORD_KEYS <= set(ann)
-        mask = mask_utils.decode(ann["segmentation"])
+        mask = coco_mask.decode(ann["segmentation"])
         assert mask.shape == (200, 160) and int(mask.sum()) == ann["area"]
 
 

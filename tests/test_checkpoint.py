@@ -1,4 +1,4 @@
-"""Checkpoint conversion: name mapping, round trips, the `python -m sam_jax.convert` CLI,
+"""Checkpoint conversion: name mapping, round trips, the `python -m sam_jax.cli.convert` CLI,
 loading through `sam_model_registry`, and rejection of bad checkpoints with no partial
 output."""
 
@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from reference import reference_state_dict
 
 from sam_jax import SamPredictor, sam_model_registry
-from sam_jax import convert as convert_cli
-from sam_jax.checkpoint import (
+from sam_jax.cli import convert as convert_cli
+from sam_jax.io.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
     abstract_params,
@@ -31,8 +32,7 @@ from sam_jax.checkpoint import (
     to_state_dict,
     torch_key,
 )
-from sam_jax.model_configs import model_config
-from sam_jax.testing import reference_state_dict
+from sam_jax.modeling.configs import model_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,7 +221,7 @@ def _subprocess_env():
 
 def test_cli_as_subprocess(tiny_pth, tiny_model, tmp_path):
     out = tmp_path / "converted"
-    cmd = [sys.executable, "-m", "sam_jax.convert", "--checkpoint", str(tiny_pth)]
+    cmd = [sys.executable, "-m", "sam_jax.cli.convert", "--checkpoint", str(tiny_pth)]
     done = subprocess.run(
         [*cmd, "--output", str(out)],
         capture_output=True,
@@ -234,7 +234,7 @@ def test_cli_as_subprocess(tiny_pth, tiny_model, tmp_path):
     assert_params_equal(sam_model_registry["tiny"](checkpoint=out).params, tiny_model.params)
     # Failure: a non-zero exit status and the reason on stderr.
     failed = subprocess.run(
-        [sys.executable, "-m", "sam_jax.convert", "--checkpoint", str(tmp_path / "nope.pth")]
+        [sys.executable, "-m", "sam_jax.cli.convert", "--checkpoint", str(tmp_path / "nope.pth")]
         + ["--output", str(tmp_path / "never")],
         capture_output=True,
         text=True,

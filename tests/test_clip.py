@@ -16,15 +16,15 @@ import torch
 from PIL import Image
 from skimage import data
 
-from sam_jax.checkpoint import CheckpointError
-from sam_jax.clip_convert import (
+from sam_jax.inference.clip_tokenizer import CLIPTokenizer, tokenize
+from sam_jax.io.checkpoint import CheckpointError
+from sam_jax.io.clip_checkpoint import (
     convert_clip_state_dict,
     infer_config,
     load_clip,
     load_clip_state_dict,
     to_clip_state_dict,
 )
-from sam_jax.clip_tokenizer import CLIPTokenizer, tokenize
 from sam_jax.modeling.clip import (
     CLIP,
     CLIP_CONFIGS,

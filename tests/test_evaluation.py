@@ -16,11 +16,11 @@ from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor as RefPredictor
 
 from sam_jax import SamPredictor
-from sam_jax.checkpoint import CheckpointError, save_converted
 from sam_jax.data.sources import DataError
 from sam_jax.data.synthetic import make_example
 from sam_jax.evaluation import EvalSettings, protocol, resolve_checkpoint, run_evaluation, runner
 from sam_jax.evaluation.readers import SYNTHETIC_SEED
+from sam_jax.io.checkpoint import CheckpointError, save_converted
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 8
@@ -320,7 +320,7 @@ def test_random_init_builds_the_whole_model_section():
     import ml_collections
 
     from sam_jax.evaluation import load_model
-    from sam_jax.model_configs import model_config
+    from sam_jax.modeling.configs import model_config
 
     cfg = model_config("tiny")
     cfg.image_size = 128

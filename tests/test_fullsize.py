@@ -12,13 +12,13 @@ import jax
 import numpy as np
 import pytest
 import torch
+from reference import build_reference, model_from_reference
 from segment_anything import SamPredictor as RefPredictor
 from skimage import data
 
 from sam_jax import SamPredictor
-from sam_jax.checkpoint import abstract_params
-from sam_jax.model_configs import model_config
-from sam_jax.testing import build_reference, model_from_reference
+from sam_jax.io.checkpoint import abstract_params
+from sam_jax.modeling.configs import model_config
 
 pytestmark = pytest.mark.fullsize
 

@@ -1,7 +1,8 @@
 """The notebooks in notebooks/: committed without outputs, described by their first cell, and
 executed top to bottom by a real Jupyter kernel (nbclient) in CI mode (`SAM_JAX_NOTEBOOK_CI=1`:
-CPU, the tiny model, no downloads), each in a temporary working directory. A cell that
-raises fails its test."""
+CPU, the tiny model, no downloads), each in a temporary working directory, with the
+random-weight `.pth` that the notebooks read there written first. A cell that raises fails
+its test."""
 
 from __future__ import annotations
 
@@ -149,10 +150,25 @@ print(plt.get_backend())
     assert (tmp_path / "plot.png").stat().st_size > 1000
 
 
+def _write_random_checkpoint(notebook: str, cwd: Path) -> None:
+    """The official-format `.pth` a notebook's CI mode reads: random weights of the
+    PyTorch reference (for the quickstart, shaped to give local masks worth drawing)."""
+    import torch
+    from reference import build_reference, localize_masks
+
+    if notebook == "quickstart":
+        reference = localize_masks(build_reference("tiny", seed=0, output_scale=3000.0))
+    else:
+        reference = build_reference("tiny", seed=0)
+    torch.save(reference.state_dict(), cwd / "sam_tiny_random.pth")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_ci_mode(path, tmp_path):
     before = sorted(p.name for p in NOTEBOOK_DIR.iterdir())
     nb = _load(path)
+    if "sam_tiny_random.pth" in EXPECTED_FILES[path.stem]:
+        _write_random_checkpoint(path.stem, tmp_path)
     _execute(nb, tmp_path)
 
     for i, cell in enumerate(nb.cells):

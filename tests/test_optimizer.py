@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sam_jax.checkpoint import init_params
-from sam_jax.model_configs import model_config
-from sam_jax.train_config import base_config
+from sam_jax.io.checkpoint import init_params
+from sam_jax.modeling.configs import model_config
+from sam_jax.training.config import base_config
 from sam_jax.training.optimizer import layer_id, learning_rate_schedule, make_optimizer
 
 

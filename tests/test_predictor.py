@@ -8,7 +8,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor as RefPredictor
 
-import sam_jax.predictor
+import sam_jax.inference.predictor
 from sam_jax import SamPredictor
 
 # Low-res logits: max abs diff as a fraction of the reference logits' std (measured ~5e-6).
@@ -284,14 +284,14 @@ def test_unusual_image_sizes(predictor, tiny_ref, shape):
 # ------------------------------------------------------------------------- recompilation
 def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypatch):
     traces = []
-    original = sam_jax.predictor._decode
+    original = sam_jax.inference.predictor._decode
 
     def counting_decode(module, params, features, coords, *args, **kwargs):
         traces.append(None if coords is None else tuple(coords.shape))
         return original(module, params, features, coords, *args, **kwargs)
 
     # The predictor jits `_decode` when constructed: patch first so every trace is seen.
-    monkeypatch.setattr(sam_jax.predictor, "_decode", counting_decode)
+    monkeypatch.setattr(sam_jax.inference.predictor, "_decode", counting_decode)
     p = SamPredictor(tiny_model)
     p.set_image(image)
     rng = np.random.default_rng(8)

@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import tiny  # noqa: E402
-from sam_jax import checkpoint as ckpt  # noqa: E402
-from sam_jax.build import SamModel, load_sam  # noqa: E402
 from sam_jax.data import mask_embeddings as me  # noqa: E402
 from sam_jax.data import synthetic  # noqa: E402
-from sam_jax.model_configs import build_sam, model_config  # noqa: E402
-from sam_jax.predictor import SamPredictor  # noqa: E402
+from sam_jax.inference.build import SamModel, load_sam  # noqa: E402
+from sam_jax.inference.predictor import SamPredictor  # noqa: E402
+from sam_jax.io import checkpoint as ckpt  # noqa: E402
+from sam_jax.modeling.configs import build_sam, model_config  # noqa: E402
 from sam_jax.training import prompts  # noqa: E402
 
 DIM = 16
@@ -359,8 +359,8 @@ def test_synthetic_coco_with_class_names(tmp_path):
 # ------------------------------------------------------------------ predictor and CLI
 @pytest.fixture(scope="module")
 def tiny_clip():
+    from sam_jax.inference.text import ClipEncoder
     from sam_jax.modeling import clip as clip_lib
-    from sam_jax.text import ClipEncoder
 
     config = clip_lib.clip_config("tiny")
     return ClipEncoder(config, clip_lib.init_params(config, 0), chunk=4)
@@ -412,8 +412,8 @@ def test_predictor_text_errors(text_model):
 def test_predict_with_text_uses_the_clip_text_tower(text_model, tiny_clip):
     import dataclasses
 
+    from sam_jax.inference.text import ClipEncoder
     from sam_jax.modeling import clip as clip_lib
-    from sam_jax.text import ClipEncoder
 
     config = dataclasses.replace(tiny_clip.config, embed_dim=DIM)
     clip = ClipEncoder(config, clip_lib.init_params(config, 1), chunk=2)
@@ -442,8 +442,8 @@ def _save_pth(params, path):
 
 def test_segment_cli_text_prompts(tmp_path, text_model, capsys):
 
-    from sam_jax import segment
-    from sam_jax.clip_convert import to_clip_state_dict
+    from sam_jax.cli import segment
+    from sam_jax.io.clip_checkpoint import to_clip_state_dict
     from sam_jax.modeling import clip as clip_lib
 
     pytest.importorskip("torch")

@@ -20,7 +20,7 @@ from sam_jax.training import trainer as trainer_lib  # noqa: E402
 
 def _save_tiny_clip(path, dim: int) -> None:
     torch = pytest.importorskip("torch")
-    from sam_jax.clip_convert import to_clip_state_dict
+    from sam_jax.io.clip_checkpoint import to_clip_state_dict
     from sam_jax.modeling import clip as clip_lib
 
     # Widths of 64: a loaded checkpoint gets OpenAI's head count, width // 64.

@@ -67,7 +67,7 @@ def test_end_to_end(one_run):
     # the best of three outputs is never worse than the one the IoU head picks
     assert ev["oracle_miou"]["1"] >= ev["miou"]["1"]
     # the workdir loads for inference
-    from sam_jax.build import load_sam
+    from sam_jax.inference.build import load_sam
 
     model = load_sam("tiny", checkpoint=workdir)
     assert model.image_size == 128
@@ -149,7 +149,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 def test_mae_init(tmp_path):
     import torch
 
-    from sam_jax.checkpoint import init_params
+    from sam_jax.io.checkpoint import init_params
 
     c = small_config()
     params = init_params(c.model, 0)
@@ -265,8 +265,8 @@ def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, 
     own, to hold one round's (one chunk's) activations at a time; that must be exactly the
     gradient of the summed loss. With dropout on, both paths must also draw the same masks
     (chunks draw their own decoder dropout, so that case runs without it)."""
-    from sam_jax.checkpoint import init_params
-    from sam_jax.model_configs import build_sam
+    from sam_jax.io.checkpoint import init_params
+    from sam_jax.modeling.configs import build_sam
     from sam_jax.training.step import compute_loss, loss_and_grads
 
     config = small_config()
@@ -291,8 +291,8 @@ def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, 
 
 
 def test_masks_per_chunk_must_divide_masks_per_image():
-    from sam_jax.checkpoint import init_params
-    from sam_jax.model_configs import build_sam
+    from sam_jax.io.checkpoint import init_params
+    from sam_jax.modeling.configs import build_sam
     from sam_jax.training.step import loss_and_grads
 
     config = small_config()
@@ -305,8 +305,8 @@ def test_masks_per_chunk_must_divide_masks_per_image():
 
 
 def test_remat_gives_the_same_loss_and_gradients():
-    from sam_jax.checkpoint import init_params
-    from sam_jax.model_configs import build_sam
+    from sam_jax.io.checkpoint import init_params
+    from sam_jax.modeling.configs import build_sam
     from sam_jax.training.step import loss_and_grads
 
     config = small_config()

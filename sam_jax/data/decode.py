@@ -17,7 +17,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from sam_jax.data.sources import DataError
-from sam_jax.transforms import get_preprocess_shape
+from sam_jax.inference.transforms import get_preprocess_shape
 
 Image.MAX_IMAGE_PIXELS = 200_000_000  # SA-1B images are large but not decompression bombs
 

@@ -71,7 +71,7 @@ def _cache_name(key: str) -> str:
 class ClipCropEmbedder:
     """Frozen CLIP image embeddings of mask crops, cached per image.
 
-    clip: a `sam_jax.text.ClipEncoder`. A mask qualifies when its area is at least
+    clip: a `sam_jax.inference.text.ClipEncoder`. A mask qualifies when its area is at least
     `min_area` pixels of the original image (the paper: 100^2). Its crop is its box grown
     `expand` times around the centre, squared and padded, so CLIP's centre crop keeps all
     of it. With `cache_dir`, an image's embeddings (all qualifying masks, at its first
@@ -196,7 +196,7 @@ def make_embedder(config, workdir) -> ClipCropEmbedder | CategoryEmbedder | None
     if not t.source:
         return None
     if t.source == "clip":
-        from sam_jax.text import ClipEncoder
+        from sam_jax.inference.text import ClipEncoder
 
         if not t.clip_checkpoint:
             raise ValueError("text.source='clip' needs text.clip_checkpoint (a CLIP .pt/.bin)")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import ml_collections
 
-from sam_jax import checkpoint as ckpt
-from sam_jax.build import SamModel, load_sam
-from sam_jax.model_configs import build_sam, model_config
+from sam_jax.inference.build import SamModel, load_sam
+from sam_jax.io import checkpoint as ckpt
+from sam_jax.modeling.configs import build_sam, model_config
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sam_jax.build import SamModel
 from sam_jax.data.sources import DataError
 from sam_jax.evaluation import interactive, inventory, registry, report
 from sam_jax.evaluation.readers import Dataset, Sample
-from sam_jax.predictor import SamPredictor
+from sam_jax.inference.build import SamModel
+from sam_jax.inference.predictor import SamPredictor
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ def evaluate_text_prompts(
     {"miou": {"named", "wrong_name", "absent_name"}, "num_masks", ...}; `model` is a
     `SamModel` with text_embed_dim > 0 (table: class name -> vector, by default the
     synthetic stand-ins of that size)."""
-    from sam_jax.predictor import SamPredictor
+    from sam_jax.inference.predictor import SamPredictor
 
     dim = model.module.text_embed_dim
     if not dim:

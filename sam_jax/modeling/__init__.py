@@ -1,4 +1,5 @@
-"""Flax linen modules of SAM."""
+"""Flax linen modules of SAM (and of CLIP), the model presets, attention kernels and the
+logical-axis sharding rules of their parameters."""
 
 from sam_jax.modeling.image_encoder import ImageEncoderViT
 from sam_jax.modeling.mask_decoder import MaskDecoder

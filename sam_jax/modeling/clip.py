@@ -5,7 +5,7 @@ convolution, prepends a class token, and projects the LayerNormed class token; t
 tower runs a causally masked transformer over token ids and projects the features at the
 end-of-text token (the largest id in each row). Parameter names follow the PyTorch names
 (`visual.transformer.resblocks.3.attn.in_proj_weight`, `token_embedding.weight`, ...), so
-a checkpoint converts by a table (`sam_jax.clip_convert`).
+a checkpoint converts by a table (`sam_jax.io.clip_checkpoint`).
 
 Images are NHWC floats already normalised with CLIP's mean and std (`preprocess_images`).
 Embeddings come back unnormalised; `normalize` makes them unit length for cosine scores.

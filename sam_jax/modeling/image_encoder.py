@@ -13,7 +13,7 @@ import numpy as np
 
 from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention
 from sam_jax.modeling.common import Dtype, MLPBlock, layer_norm_2d
-from sam_jax.sharding import constrain_batch
+from sam_jax.modeling.sharding import constrain_batch
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(nn.Module):
-    """The whole model. Fields mirror `sam_jax.model_configs` (see `build_sam`)."""
+    """The whole model. Fields mirror `sam_jax.modeling.configs` (see `build_sam`)."""
 
     image_size: int = 1024
     patch_size: int = 16

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sam_jax import checkpoint as ckpt
+from sam_jax.io import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
 

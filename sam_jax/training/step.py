@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from sam_jax.modeling.sam import Sam
-from sam_jax.sharding import constrain_batch
+from sam_jax.modeling.sharding import constrain_batch
 from sam_jax.training import losses, prompts
 
 

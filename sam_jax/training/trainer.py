@@ -26,13 +26,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec
 
-from sam_jax import sharding as shd
-from sam_jax.checkpoint import abstract_params
 from sam_jax.data import synthetic
 from sam_jax.data.decode import ExampleSpec
 from sam_jax.data.mask_embeddings import make_embedder
 from sam_jax.data.pipeline import make_dataset
-from sam_jax.model_configs import build_sam
+from sam_jax.io.checkpoint import abstract_params
+from sam_jax.modeling import sharding as shd
+from sam_jax.modeling.configs import build_sam
 from sam_jax.training import checkpoints
 from sam_jax.training.optimizer import make_optimizer
 from sam_jax.training.step import TrainState, train_step
@@ -509,10 +509,10 @@ def evaluate_held_out(config: ml_collections.ConfigDict, params) -> dict:
     and the single output. With text prompts on synthetic named objects, also the
     text-prompt evaluation (`evaluation.text_prompts`).
     """
-    from sam_jax.build import SamModel
     from sam_jax.evaluation.interactive import evaluate_masks
     from sam_jax.evaluation.report import dataset_summary
-    from sam_jax.predictor import SamPredictor
+    from sam_jax.inference.build import SamModel
+    from sam_jax.inference.predictor import SamPredictor
 
     e = config.eval
     num_clicks = sorted(int(k) for k in e.num_clicks)

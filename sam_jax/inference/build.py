@@ -8,8 +8,8 @@ from pathlib import Path
 
 import ml_collections
 
-from sam_jax import checkpoint as ckpt
-from sam_jax.model_configs import build_sam, model_config
+from sam_jax.io import checkpoint as ckpt
+from sam_jax.modeling.configs import build_sam, model_config
 from sam_jax.modeling.sam import Sam
 
 
@@ -34,7 +34,7 @@ def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> Sa
     """Build a model of `model_type`.
 
     checkpoint: None (random init seeded by `seed`), a PyTorch `.pth` state dict, a
-    directory written by `python -m sam_jax.convert`, or a training workdir (`train.py
+    directory written by `python -m sam_jax.cli.convert`, or a training workdir (`train.py
     --workdir`; its newest finished checkpoint). `overrides` change model config keys
     that do not affect the parameters (e.g. dtype="bfloat16", attention_impl="cudnn").
     """

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sam_jax.checkpoint import CheckpointError, convert_by_table, to_state_dict
+from sam_jax.io.checkpoint import CheckpointError, convert_by_table, to_state_dict
 from sam_jax.modeling.clip import CLIPConfig, abstract_params
 
 # Entries of CLIP checkpoints that are not parameters of the two towers: the contrastive

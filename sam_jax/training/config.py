@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from sam_jax.model_configs import model_config
+from sam_jax.modeling.configs import model_config
 
 
 def base_config(model_type: str) -> ml_collections.ConfigDict:

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.build import SamModel
+from sam_jax.inference.build import SamModel
+from sam_jax.inference.transforms import ResizeLongestSide
 from sam_jax.modeling.sam import Sam, postprocess_masks, postprocess_matrices
-from sam_jax.transforms import ResizeLongestSide
 
 VALID_LABELS = (-1, 0, 1)
 
@@ -78,8 +78,8 @@ class SamPredictor:
 
     max_batch: prompts decoded per compiled call in `predict_batch` (bounds memory; larger
     batches are split).
-    text_encoder: a `sam_jax.text.ClipEncoder`, for `predict(text=...)` with a model trained
-    with text prompts (`model.text_embed_dim` > 0). Precomputed CLIP embeddings
+    text_encoder: a `sam_jax.inference.text.ClipEncoder`, for `predict(text=...)` with a
+    model trained with text prompts (`model.text_embed_dim` > 0). Precomputed CLIP embeddings
     (`text_embedding=`) need none.
     """
 
@@ -384,7 +384,8 @@ class SamPredictor:
             if self.text_encoder is None:
                 raise ValueError(
                     "text prompts need a CLIP text encoder: SamPredictor(model, text_encoder="
-                    "sam_jax.text.ClipEncoder.from_checkpoint(PATH)), or pass text_embeddings"
+                    "sam_jax.inference.text.ClipEncoder.from_checkpoint(PATH)), or pass "
+                    "text_embeddings"
                 )
             emb = self.text_encoder.encode_texts(list(texts))
         else:

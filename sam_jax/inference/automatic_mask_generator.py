@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax import amg_utils
-from sam_jax.build import SamModel
+from sam_jax.inference import mask_utils
+from sam_jax.inference.build import SamModel
+from sam_jax.inference.predictor import SamPredictor, as_uint8_rgb
 from sam_jax.modeling.common import gelu
 from sam_jax.modeling.sam import Sam, postprocess_matrices
-from sam_jax.predictor import SamPredictor, as_uint8_rgb
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 # Masks whose box comes this close (pixels) to an inner crop edge are dropped.
@@ -364,7 +364,7 @@ class SamAutomaticMaskGenerator:
                     f"{factor} ** crop_n_layers {crop_n_layers} leaves no points in the last "
                     "crop layer"
                 )
-            self.point_grids = amg_utils.build_all_layer_point_grids(
+            self.point_grids = mask_utils.build_all_layer_point_grids(
                 points_per_side, crop_n_layers, factor
             )
         else:
@@ -411,7 +411,7 @@ class SamAutomaticMaskGenerator:
         (XYWH), ordered as the reference orders them."""
         image = as_uint8_rgb(image)
         orig_h, orig_w = image.shape[:2]
-        crop_boxes, layer_idxs = amg_utils.generate_crop_boxes(
+        crop_boxes, layer_idxs = mask_utils.generate_crop_boxes(
             (orig_h, orig_w), self.crop_n_layers, self.crop_overlap_ratio
         )
         parts = [
@@ -422,12 +422,12 @@ class SamAutomaticMaskGenerator:
         packed = [m for p in parts for m in p["packed"]]
         if len(crop_boxes) > 1 and len(data["boxes"]):
             # the same object found in several crops: keep the one from the smallest crop
-            scores = 1.0 / amg_utils.box_area(data["crop_boxes"]).astype(np.float32)
-            keep = amg_utils.nms(data["boxes"], scores, self.crop_nms_thresh)
+            scores = 1.0 / mask_utils.box_area(data["crop_boxes"]).astype(np.float32)
+            keep = mask_utils.nms(data["boxes"], scores, self.crop_nms_thresh)
             data = {k: v[keep] for k, v in data.items()}
             packed = [packed[i] for i in keep]
         masks = [
-            amg_utils.uncrop_mask(_unpack(m, box), box, orig_h, orig_w)
+            mask_utils.uncrop_mask(_unpack(m, box), box, orig_h, orig_w)
             for m, box in zip(packed, data["crop_boxes"])
         ]
         if self.min_mask_region_area > 0 and masks:
@@ -506,7 +506,7 @@ class SamAutomaticMaskGenerator:
                 "boxes": np.zeros((0, 4), np.int32),
                 "points": np.zeros((0, 2)),
             }
-        keep = amg_utils.nms(data["boxes"], data["iou"], self.box_nms_thresh)
+        keep = mask_utils.nms(data["boxes"], data["iou"], self.box_nms_thresh)
         data = {k: v[keep] for k, v in data.items()}
         data["boxes"] = data["boxes"].astype(np.int64) + np.array([x0, y0, x0, y0])
         data["points"] = data["points"] + np.array([x0, y0])
@@ -517,18 +517,18 @@ class SamAutomaticMaskGenerator:
     def _remove_small_regions(self, masks, data):
         new_masks, unchanged = [], []
         for mask in masks:
-            mask, changed_holes = amg_utils.remove_small_regions(
+            mask, changed_holes = mask_utils.remove_small_regions(
                 mask, self.min_mask_region_area, "holes"
             )
-            mask, changed_islands = amg_utils.remove_small_regions(
+            mask, changed_islands = mask_utils.remove_small_regions(
                 mask, self.min_mask_region_area, "islands"
             )
             new_masks.append(mask)
             unchanged.append(not (changed_holes or changed_islands))
-        boxes = np.stack([amg_utils.batched_mask_to_box(m) for m in new_masks])
+        boxes = np.stack([mask_utils.batched_mask_to_box(m) for m in new_masks])
         # prefer masks that needed no cleanup over their cleaned-up duplicates
         scores = np.asarray(unchanged, np.float32)
-        keep = amg_utils.nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
+        keep = mask_utils.nms(boxes, scores, max(self.box_nms_thresh, self.crop_nms_thresh))
         data = {k: v[keep] for k, v in data.items()}
         data["boxes"] = boxes[keep]
         return [new_masks[i] for i in keep], data
@@ -539,18 +539,18 @@ class SamAutomaticMaskGenerator:
             if self.output_mode == "binary_mask":
                 segmentation = mask
             elif self.output_mode == "uncompressed_rle":
-                segmentation = amg_utils.mask_to_rle(mask)
+                segmentation = mask_utils.mask_to_rle(mask)
             else:
-                segmentation = amg_utils.coco_encode_mask(mask)
+                segmentation = mask_utils.coco_encode_mask(mask)
             records.append(
                 {
                     "segmentation": segmentation,
                     "area": int(np.count_nonzero(mask)),
-                    "bbox": amg_utils.box_xyxy_to_xywh(data["boxes"][i]),
+                    "bbox": mask_utils.box_xyxy_to_xywh(data["boxes"][i]),
                     "predicted_iou": float(data["iou"][i]),
                     "point_coords": [data["points"][i].tolist()],
                     "stability_score": float(data["stability"][i]),
-                    "crop_box": amg_utils.box_xyxy_to_xywh(data["crop_boxes"][i]),
+                    "crop_box": mask_utils.box_xyxy_to_xywh(data["crop_boxes"][i]),
                 }
             )
         return records

@@ -1,7 +1,8 @@
 """Helpers for comparing against the PyTorch reference (`segment-anything==1.0`).
 
-Needs the test-only dependencies (requirements-dev.txt); torch is imported lazily so the
-package itself never needs it.
+Test-only: it lives beside the tests, outside the installed package, and needs the
+test-only dependencies (requirements-dev.txt); torch is imported lazily. The benchmarks
+import it from here too.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import functools
 import ml_collections
 import numpy as np
 
-from sam_jax.build import SamModel
-from sam_jax.checkpoint import convert_state_dict
-from sam_jax.model_configs import build_sam, model_config
+from sam_jax.inference.build import SamModel
+from sam_jax.io.checkpoint import convert_state_dict
+from sam_jax.modeling.configs import build_sam, model_config
 
 
 def build_reference(

@@ -1,6 +1,6 @@
 """Convert an official SAM `.pth` checkpoint into a directory that loads without torch.
 
-    python -m sam_jax.convert --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
+    python -m sam_jax.cli.convert --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
         --output converted/vit_b
 """
 
@@ -10,19 +10,19 @@ import argparse
 import math
 import sys
 
-from sam_jax.checkpoint import (
+from sam_jax.io.checkpoint import (
     CheckpointError,
     convert_state_dict,
     infer_model_type,
     load_torch_state_dict,
     save_converted,
 )
-from sam_jax.model_configs import MODEL_TYPES, model_config
+from sam_jax.modeling.configs import MODEL_TYPES, model_config
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sam_jax.convert",
+        prog="python -m sam_jax.cli.convert",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

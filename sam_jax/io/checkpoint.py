@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from sam_jax.model_configs import MODEL_TYPES, build_sam, model_config
+from sam_jax.modeling.configs import MODEL_TYPES, build_sam, model_config
 
 CONFIG_FILE = "sam_config.json"
 PARAMS_DIR = "params"

@@ -2,7 +2,7 @@
 boxes, run-length encoding and small-region cleanup.
 
 Everything here is NumPy on already-filtered masks; the per-prompt work (decoding,
-upsampling, scores, boxes) runs on the device in `sam_jax.automatic_mask_generator`. The
+upsampling, scores, boxes) runs on the device in `sam_jax.inference.automatic_mask_generator`. The
 decisions (rounding, tie and edge cases) are those of the reference's `utils/amg.py`, so
 the two produce the same masks from the same logits.
 """

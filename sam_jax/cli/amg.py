@@ -1,6 +1,6 @@
 """Automatic mask generation for an image or a folder of images.
 
-    python -m sam_jax.amg --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
+    python -m sam_jax.cli.amg --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
         --input photos/ --output masks/ [--points-per-side 32 ...] [--convert-to-rle]
 
 For each image, writes OUTPUT/<name>/ holding one 0/255 PNG per mask (0.png, 1.png, ...)
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sam_jax.model_configs import MODEL_TYPES
+from sam_jax.modeling.configs import MODEL_TYPES
 
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
@@ -48,7 +48,7 @@ _AMG_OPTIONS = [
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m sam_jax.amg",
+        prog="python -m sam_jax.cli.amg",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from sam_jax import SamAutomaticMaskGenerator, sam_model_registry
-    from sam_jax.checkpoint import CheckpointError
-    from sam_jax.segment import load_image
+    from sam_jax.cli.segment import load_image
+    from sam_jax.io.checkpoint import CheckpointError
 
     output_mode = "coco_rle" if args.convert_to_rle else "binary_mask"
     try:

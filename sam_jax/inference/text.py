@@ -42,7 +42,7 @@ class ClipEncoder:
     ) -> ClipEncoder:
         """An open_clip / OpenAI checkpoint file (sizes inferred from its shapes). OpenAI's
         models use QuickGELU; open_clip's own trainings mostly do not (`quick_gelu=False`)."""
-        from sam_jax.clip_convert import load_clip
+        from sam_jax.io.clip_checkpoint import load_clip
 
         config, params = load_clip(path, quick_gelu=quick_gelu)
         return cls(config, jax.device_put(params), chunk)
@@ -74,7 +74,7 @@ class ClipEncoder:
 
     def encode_texts(self, texts: str | Sequence[str]) -> np.ndarray:
         """Strings -> (N, D) unit-length text embeddings."""
-        from sam_jax.clip_tokenizer import tokenize
+        from sam_jax.inference.clip_tokenizer import tokenize
 
         if isinstance(texts, str):
             texts = [texts]

@@ -60,7 +60,7 @@ def _record_mask(segmentation) -> np.ndarray:
     """A record's segmentation (bool array, uncompressed RLE or COCO RLE) as (H, W) bool."""
     if isinstance(segmentation, dict):
         if isinstance(segmentation.get("counts"), list):
-            from sam_jax.amg_utils import rle_to_mask
+            from sam_jax.inference.mask_utils import rle_to_mask
 
             return rle_to_mask(segmentation)
         from pycocotools import mask as mask_utils

@@ -1,12 +1,12 @@
 """Segment one image from point, box or text prompts; write the mask and an overlay.
 
-    python -m sam_jax.segment --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
+    python -m sam_jax.cli.segment --checkpoint sam_vit_b_01ec64.pth --model-type vit_b \
         --image photo.jpg --point 500,375 --output out/mask.png
 
 Text prompts need a model trained with them (`text.source` in training) and the CLIP whose
 embeddings it was trained on:
 
-    python -m sam_jax.segment --checkpoint workdir/text --model-type vit_h \
+    python -m sam_jax.cli.segment --checkpoint workdir/text --model-type vit_h \
         --clip-checkpoint ViT-L-14-336.pt --text "a red car" --image street.jpg --output car.png
 
 With no --image, a built-in synthetic picture is used; with no --checkpoint, the model is
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from sam_jax.model_configs import MODEL_TYPES
+from sam_jax.modeling.configs import MODEL_TYPES
 
 
 def demo_image(height: int = 480, width: int = 640, seed: int = 0) -> np.ndarray:
@@ -88,7 +88,7 @@ def _load_embedding(path) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m sam_jax.segment",
+        prog="python -m sam_jax.cli.segment",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--text needs --clip-checkpoint (the CLIP the model was trained with)")
 
     from sam_jax import SamPredictor, sam_model_registry
-    from sam_jax.checkpoint import CheckpointError
-    from sam_jax.visualize import overlay_masks
+    from sam_jax.inference.visualize import overlay_masks
+    from sam_jax.io.checkpoint import CheckpointError
 
     try:
         image = demo_image() if args.image is None else load_image(args.image)
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         text_encoder = None
         if args.text is not None:
-            from sam_jax.text import ClipEncoder
+            from sam_jax.inference.text import ClipEncoder
 
             text_encoder = ClipEncoder.from_checkpoint(
                 args.clip_checkpoint, quick_gelu=not args.clip_gelu, chunk=1
