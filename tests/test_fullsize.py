@@ -27,7 +27,7 @@ EMBEDDING_REL_TOL = 1e-3
 LOGIT_REL_TOL = 1e-2
 MIN_MASK_AGREEMENT = 0.999
 IOU_ATOL = 1e-3
-# SAM_REFERENCE.md section 1 (parameters of the whole ViT-B model and of its image encoder).
+# The reference ViT-B's parameter counts (the whole model and its image encoder), in millions.
 VIT_B_PARAMS_M = 93.74
 VIT_B_ENCODER_PARAMS_M = 89.67
 

@@ -104,7 +104,8 @@ def test_text_embedding_size_is_checked(text_model):
 
 # ------------------------------------------------------------------ checkpoints
 def test_pth_with_text_projection_loads_with_its_size(tmp_path, text_model):
-    torch = pytest.importorskip("torch")
+    import torch
+
     state = {
         k: torch.from_numpy(np.array(v)) for k, v in ckpt.to_state_dict(text_model.params).items()
     }
@@ -115,7 +116,8 @@ def test_pth_with_text_projection_loads_with_its_size(tmp_path, text_model):
 
 
 def test_init_from_released_checkpoint_keeps_a_fresh_text_projection(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
+
     from sam_jax.training.checkpoints import initial_params
 
     plain = text_model_config(0)
@@ -446,7 +448,6 @@ def test_segment_cli_text_prompts(tmp_path, text_model, capsys):
     from sam_jax.io.clip_checkpoint import to_clip_state_dict
     from sam_jax.modeling import clip as clip_lib
 
-    pytest.importorskip("torch")
     _save_pth(ckpt.to_state_dict(text_model.params), tmp_path / "sam.pth")
     # Widths of 64: a loaded checkpoint gets OpenAI's head count, width // 64.
     config = clip_lib.clip_config(

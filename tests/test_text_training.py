@@ -19,7 +19,8 @@ from sam_jax.training import trainer as trainer_lib  # noqa: E402
 
 
 def _save_tiny_clip(path, dim: int) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from sam_jax.io.clip_checkpoint import to_clip_state_dict
     from sam_jax.modeling import clip as clip_lib
 

@@ -1,7 +1,10 @@
 """`SamAutomaticMaskGenerator`: masks for a whole image from a grid of point prompts.
 
-Same arguments, decisions and output records as the reference generator (grids, crops,
-predicted-IoU and stability filters, NMS within and across crops, small-region cleanup).
+The reference generator's arguments, output records and pipeline (grids, crops,
+predicted-IoU and stability filters, NMS within and across crops, small-region cleanup),
+not its exact decisions: float differences can move a mask across a threshold, so the
+parity test asks for matching mask counts within 10% and at least 95% of the reference's
+masks found again at IoU >= 0.9 (on random weights scaled so that scores spread out).
 What differs is where the work happens. Each batch of points is one compiled call with
 fixed shapes (the last batch is padded) that decodes the prompts, upsamples the logits to
 the crop's size, and returns per-mask scores, boxes, keep flags and bit-packed binary
