@@ -56,7 +56,7 @@ class Attention(nn.Module):
     use_rel_pos: bool = False
     input_size: tuple[int, int] | None = None
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -131,7 +131,7 @@ class Block(nn.Module):
     window_size: int = 0
     input_size: tuple[int, int] | None = None
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     drop_path: float = 0.0
 
     @nn.compact
@@ -188,7 +188,7 @@ class ImageEncoderViT(nn.Module):
     window_size: int = 14
     global_attn_indexes: Sequence[int] = ()
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: bool = False
     drop_path_rate: float = 0.0
 
