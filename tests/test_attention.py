@@ -241,3 +241,31 @@ def test_encoder_paths_match_xla_in_fp32(impl, tiny_images):
     ours = _embed(load_sam("tiny", dtype="float32", attention_impl=impl), tiny_images)
     expected = _embed(load_sam("tiny", dtype="float32", attention_impl="xla"), tiny_images)
     assert _rel_err(ours, expected) < REL_TOL
+
+
+# ------------------------------------------------------------------ runtime defaults of a model
+@pytest.mark.parametrize(
+    "backend, expected", [("cpu", "float32"), ("gpu", "bfloat16"), ("tpu", "bfloat16")]
+)
+def test_inference_dtype_defaults_per_backend(monkeypatch, backend, expected):
+    from sam_jax import build
+
+    monkeypatch.setattr(build.jax, "default_backend", lambda: backend)
+    model = build.load_sam("tiny")
+    assert model.config.dtype == expected and model.config.attention_impl == "auto"
+    assert model.module.dtype == jnp.dtype(expected)
+    leaves = jax.tree.leaves(model.params)
+    assert all(x.dtype == jnp.float32 for x in leaves)  # parameters stay float32
+    explicit = build.load_sam("tiny", dtype="float32", attention_impl="xla")
+    assert explicit.config.dtype == "float32" and explicit.module.attention_impl == "xla"
+
+
+def test_checkpoint_config_does_not_pin_the_runtime(monkeypatch, tmp_path):
+    """A converted checkpoint records the dtype it was converted with; where it runs decides."""
+    from sam_jax import build, checkpoint
+
+    model = build.load_sam("tiny", dtype="float32", attention_impl="xla")
+    checkpoint.save_converted(model.params, model.config, tmp_path / "tiny")
+    monkeypatch.setattr(build.jax, "default_backend", lambda: "gpu")
+    loaded = build.load_sam("tiny", tmp_path / "tiny")
+    assert loaded.config.dtype == "bfloat16" and loaded.config.attention_impl == "auto"
