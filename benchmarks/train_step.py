@@ -24,7 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def _batch(config, batch_size, abstract=False):
+def example_batch(config, batch_size, abstract=False):
+    """A training batch of `batch_size` random images, each with every mask slot holding the
+    same square; abstract: `jax.ShapeDtypeStruct`s only."""
     import jax
     import numpy as np
 
@@ -59,7 +61,7 @@ def speed(name, config, steps):
     t = Trainer(config)
     with jax.set_mesh(t.mesh):
         state = t.init_state(init_params(config.model, 0))
-        batch = t.global_batch(_batch(config, config.batch_size))
+        batch = t.global_batch(example_batch(config, config.batch_size))
         key = jax.random.key(0)
         t0 = time.perf_counter()
         compiled = t.step_fn.lower(state, batch, key).compile()
@@ -80,11 +82,44 @@ def speed(name, config, steps):
     )
 
 
-def memory(remat: bool, chunk: int, batch_per_device: int, masks: int):
+def abstract_step_inputs(trainer):
+    """(state, batch, key) of `trainer`'s step as sharded abstract values: compiling from
+    these allocates nothing."""
     import jax
 
-    from configs import vit_h
+    c = trainer.config
+    batch = {
+        k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_shardings[k])
+        for k, v in example_batch(c, c.batch_size, abstract=True).items()
+    }
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    return trainer.abstract_state, batch, key
+
+
+def compiled_step_memory(config) -> dict:
+    """Bytes per device of the train step of `config`, compiled (for this process's devices)
+    from abstract inputs: arguments, output, temporaries, aliased (donated) and the total
+    live at once (arguments + output + temporaries - aliased)."""
+    import jax
+
     from sam_jax.training.trainer import Trainer
+
+    t = Trainer(config)
+    with jax.set_mesh(t.mesh):
+        compiled = t.step_fn.lower(*abstract_step_inputs(t)).compile()
+    mem = compiled.memory_analysis()
+    out = {
+        "arguments": mem.argument_size_in_bytes,
+        "output": mem.output_size_in_bytes,
+        "temp": mem.temp_size_in_bytes,
+        "alias": mem.alias_size_in_bytes,
+    }
+    out["total"] = out["arguments"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def memory(remat: bool, chunk: int, batch_per_device: int, masks: int):
+    from configs import vit_h
 
     c = vit_h.get_config()
     c.model.remat = remat
@@ -93,27 +128,14 @@ def memory(remat: bool, chunk: int, batch_per_device: int, masks: int):
     c.batch_size = 8 * batch_per_device
     c.train.masks_per_image = masks
     c.train.masks_per_chunk = chunk
-    t = Trainer(c)
-    with jax.set_mesh(t.mesh):
-        batch = {
-            k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=t.batch_shardings[k])
-            for k, v in _batch(c, c.batch_size, abstract=True).items()
-        }
-        key = jax.eval_shape(lambda: jax.random.key(0))
-        compiled = t.step_fn.lower(t.abstract_state, batch, key).compile()
-    mem = compiled.memory_analysis()
+    mem = compiled_step_memory(c)
     gib = 1024**3
-    total = (
-        mem.argument_size_in_bytes
-        + mem.output_size_in_bytes
-        + mem.temp_size_in_bytes
-        - mem.alias_size_in_bytes
-    )
+    total = mem["total"]
     chunked = f"{chunk} masks at a time" if chunk else "all masks at once"
     print(
         f"ViT-H bf16 fsdp=8, {batch_per_device} image(s) x {masks} masks x "
         f"{c.train.num_iterations} rounds per device, remat={remat}, {chunked}: arguments "
-        f"{mem.argument_size_in_bytes / gib:.2f} GiB, temp {mem.temp_size_in_bytes / gib:.2f} "
+        f"{mem['arguments'] / gib:.2f} GiB, temp {mem['temp'] / gib:.2f} "
         f"GiB, total {total / gib:.2f} GiB per device (TPU v4 32 GB: "
         f"{'fits' if total < 32e9 else 'does not fit'}, v5e 16 GB: "
         f"{'fits' if total < 16e9 else 'does not fit'})",

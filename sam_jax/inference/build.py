@@ -6,6 +6,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
+import jax
 import ml_collections
 
 from sam_jax.io import checkpoint as ckpt
@@ -30,13 +31,24 @@ class SamModel:
         return self.config.model_type
 
 
+def default_inference_dtype() -> str:
+    """The compute dtype of inference when none is asked for: bfloat16 on GPU and TPU
+    (parameters stay float32; activations and matmul inputs are bf16, accumulation fp32),
+    float32 on CPU, where outputs match the PyTorch reference."""
+    return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+
+
 def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> SamModel:
     """Build a model of `model_type`.
 
     checkpoint: None (random init seeded by `seed`), a PyTorch `.pth` state dict, a
     directory written by `python -m sam_jax.cli.convert`, or a training workdir (`train.py
     --workdir`; its newest finished checkpoint). `overrides` change model config keys
-    that do not affect the parameters (e.g. dtype="bfloat16", attention_impl="cudnn").
+    that do not affect the parameters (e.g. dtype="float32", attention_impl="xla").
+
+    Unless given, dtype is `default_inference_dtype()` and attention_impl "auto" (per
+    backend), whatever a checkpoint's own config recorded: how a model runs is chosen where
+    it runs.
     """
     from sam_jax.training import checkpoints as train_ckpt
 
@@ -68,7 +80,7 @@ def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> Sa
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}")
-    config.update(overrides)
+    config.update({"dtype": default_inference_dtype(), "attention_impl": "auto", **overrides})
     return SamModel(build_sam(config), params, config)
 
 

@@ -40,7 +40,7 @@ def model_config(model_type: str) -> ml_collections.ConfigDict:
     c.pixel_mean = PIXEL_MEAN
     c.pixel_std = PIXEL_STD
     c.dtype = "float32"
-    c.attention_impl = "xla"
+    c.attention_impl = "auto"  # per backend: sam_jax.modeling.attention
     c.remat = False
     c.drop_path_rate = 0.0
     c.text_embed_dim = 0  # CLIP embedding size of a text prompt (0: no text prompt, as released)

@@ -13,7 +13,7 @@ import numpy as np
 
 from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention
 from sam_jax.modeling.common import Dtype, MLPBlock, layer_norm_2d
-from sam_jax.modeling.sharding import constrain_batch
+from sam_jax.modeling.sharding import constrain, constrain_batch
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: jax.Array) -> jax.Array:
@@ -48,6 +48,34 @@ class PatchEmbed(nn.Module):
         )(x)
 
 
+class QKVProjection(nn.Module):
+    """The fused q/k/v projection, (B, L, C) -> (B, L, 3, heads, C / heads).
+
+    Its parameters are those of `nn.Dense(3 * C)` (kernel (C, 3C) with columns [q | k | v],
+    each heads-major: PyTorch's `qkv` Linear, so checkpoints convert by the table). The
+    product is taken with the kernel viewed as (C, 3, heads, C / heads) and that view's
+    heads axis pinned to the 'tensor' mesh axis: under tensor parallelism each device then
+    projects q, k and v of the same heads and attends over them locally, where a split of
+    the 3C columns would hand one device q and half of k, and another the rest.
+    """
+
+    num_heads: int
+    use_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        shape = (3, self.num_heads, dim // self.num_heads)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (dim, 3 * dim))
+        kernel = constrain(kernel.reshape(dim, *shape), (None, None, "heads", None))
+        y = jnp.einsum("...c,cthd->...thd", x.astype(self.dtype), kernel.astype(self.dtype))
+        if self.use_bias:
+            bias = self.param("bias", nn.initializers.zeros, (3 * dim,))
+            y = y + constrain(bias.reshape(shape), (None, "heads", None)).astype(self.dtype)
+        return constrain(y, ("batch",) + (None,) * (x.ndim - 2) + (None, "heads", None))
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over an (H, W) grid with optional decomposed rel-pos."""
 
@@ -56,15 +84,16 @@ class Attention(nn.Module):
     use_rel_pos: bool = False
     input_size: tuple[int, int] | None = None
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, dim = x.shape
         head_dim = dim // self.num_heads
         scale = head_dim**-0.5
-        qkv = nn.Dense(3 * dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
-        qkv = qkv.reshape(b, h * w, 3, self.num_heads, head_dim)
+        qkv = QKVProjection(self.num_heads, self.qkv_bias, dtype=self.dtype, name="qkv")(
+            x.reshape(b, h * w, dim)
+        )
         q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each (B, heads, H*W, D)
         if self.use_rel_pos:
             if self.input_size is None:
@@ -131,7 +160,7 @@ class Block(nn.Module):
     window_size: int = 0
     input_size: tuple[int, int] | None = None
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     drop_path: float = 0.0
 
     @nn.compact
@@ -188,7 +217,7 @@ class ImageEncoderViT(nn.Module):
     window_size: int = 14
     global_attn_indexes: Sequence[int] = ()
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: bool = False
     drop_path_rate: float = 0.0
 

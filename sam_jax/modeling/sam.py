@@ -42,7 +42,7 @@ class Sam(nn.Module):
     pixel_mean: Sequence[float] = PIXEL_MEAN
     pixel_std: Sequence[float] = PIXEL_STD
     dtype: Dtype = jnp.float32
-    attention_impl: str = "xla"
+    attention_impl: str = "auto"
     remat: bool = False
     drop_path_rate: float = 0.0
     text_embed_dim: int = 0  # > 0: a CLIP embedding of this size is also a prompt

@@ -5,6 +5,11 @@ the rules mapping logical names to mesh axes.
 Parameters are sharded FSDP-style over 'fsdp' on their model dimension and Megatron-style
 over 'tensor' on attention heads and MLP hidden units; batches over ('data', 'fsdp'). A
 dimension that the mesh axis does not divide is left replicated rather than failing.
+
+The encoder's fused qkv kernel (C, 3C) is stored like any column-parallel kernel, its 3C
+columns split in contiguous pieces, but it is used through a (C, 3, heads, C / heads) view
+pinned by heads (`constrain`): each device projects and attends over q, k and v of the
+same heads, and no activation is exchanged between the projection and the attention.
 """
 
 from __future__ import annotations
@@ -131,6 +136,31 @@ def constrain_batch(x: jax.Array, rules=DEFAULT_RULES) -> jax.Array:
     if size == 1 or x.ndim == 0 or x.shape[0] % size:
         return x
     return jax.lax.with_sharding_constraint(x, PartitionSpec(axes, *([None] * (x.ndim - 1))))
+
+
+def constrain(x: jax.Array, logical: Sequence[str | None], rules=DEFAULT_RULES) -> jax.Array:
+    """Pin `x` (a weight or an activation) to the current mesh by logical axis names, one
+    per dimension: None keeps that dimension whole on every device, a name shards it over
+    the name's mesh axes. A name whose axes do not divide the dimension leaves it to the
+    compiler. A no-op without a mesh (`jax.set_mesh`) or when every mesh axis has size 1."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or all(size == 1 for size in mesh.shape.values()):
+        return x
+    if len(logical) != x.ndim:
+        raise ValueError(f"{len(logical)} logical axes for an array of shape {x.shape}")
+    spec = []
+    for dim, name in zip(x.shape, logical):
+        axes = None if name is None else _mesh_axes_for(name, rules)
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        axes = tuple(a for a in axes if a in mesh.axis_names and mesh.shape[a] > 1)
+        size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+        if not axes:
+            spec.append(None)
+        elif dim % size:
+            spec.append(PartitionSpec.UNCONSTRAINED)
+        else:
+            spec.append(axes[0] if len(axes) == 1 else axes)
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules=DEFAULT_RULES) -> NamedSharding:
