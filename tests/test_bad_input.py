@@ -1,0 +1,107 @@
+"""Bad input on the command lines and in the library: every case gets a clear message and
+a non-zero exit where it is an error, and nothing already written is lost.
+
+One section per kind of bad input: a non-8-bit image, an image that yields no masks, a
+--overwrite onto a directory that is not a converted checkpoint, a damaged newest training
+checkpoint, a dataset that yields no masks, and configuration mistakes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from sam_jax import amg, segment
+from sam_jax.data.decode import decode_image, load_image
+from sam_jax.data.sources import DataError
+from sam_jax.evaluation import readers
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------ non-8-bit images
+def _scaled(values16: np.ndarray) -> np.ndarray:
+    return np.round(values16.astype(np.float64) * 255 / 65535).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def deep_images(tmp_path_factory):
+    """16-bit grey (PIL and OpenCV), 16-bit colour (OpenCV), float in [0, 1] and float out
+    of range, with the 8-bit RGB each should decode to (None: refused)."""
+    folder = tmp_path_factory.mktemp("deep")
+    rng = np.random.default_rng(0)
+    grey = rng.integers(1000, 30000, (24, 32)).astype(np.uint16)  # max far below 65535
+    colour = rng.integers(0, 65536, (24, 32, 3)).astype(np.uint16)
+    Image.fromarray(grey).save(folder / "grey16_pil.png")
+    cv2.imwrite(str(folder / "grey16_cv2.png"), grey)
+    cv2.imwrite(str(folder / "rgb16_cv2.png"), colour[:, :, ::-1])  # OpenCV writes BGR
+    cv2.imwrite(str(folder / "rgb16_cv2.tif"), colour[:, :, ::-1])
+    unit = rng.uniform(0, 1, (24, 32)).astype(np.float32)
+    Image.fromarray(unit).save(folder / "float_unit.tif")
+    Image.fromarray(unit * 4000).save(folder / "float_big.tif")
+    grey_rgb = np.repeat(_scaled(grey)[:, :, None], 3, axis=2)
+    return folder, {
+        "grey16_pil.png": grey_rgb,
+        "grey16_cv2.png": grey_rgb,
+        "rgb16_cv2.png": _scaled(colour),
+        "rgb16_cv2.tif": _scaled(colour),
+        "float_unit.tif": np.repeat(np.round(unit * 255).astype(np.uint8)[:, :, None], 3, 2),
+        "float_big.tif": None,
+    }
+
+
+def test_deep_images_are_scaled_by_bit_depth_everywhere(deep_images):
+    """The one decoder, as the data pipeline, the evaluation readers and `segment` reach it:
+    16-bit values become v * 255 / 65535 (16-bit colour: PIL keeps the high byte, within
+    one level), never clipped to white nor stretched to the image's maximum."""
+    folder, expected = deep_images
+    for name, want in expected.items():
+        path = folder / name
+        if want is None:
+            continue
+        readers_of = {
+            "decode_image(path)": lambda p: decode_image(p),
+            "decode_image(bytes)": lambda p: decode_image(p.read_bytes(), p.name),
+            "data pipeline": lambda p: load_image(("file", str(p))),
+            "evaluation reader": readers.read_rgb,
+            "evaluation reader (bytes)": lambda p: readers.read_rgb_bytes(p.read_bytes(), "x"),
+            "segment": segment.load_image,
+        }
+        for who, read in readers_of.items():
+            got = read(path)
+            assert got.dtype == np.uint8 and got.shape == want.shape, (name, who)
+            diff = np.abs(got.astype(int) - want.astype(int)).max()
+            assert diff <= (1 if "rgb16" in name else 0), (name, who, diff)
+    grey = decode_image(folder / "grey16_pil.png")
+    assert grey.max() < 120  # 30000 / 65535 of white: not clipped, not stretched
+
+
+def test_images_without_a_white_level_are_refused(deep_images, tmp_path, capsys):
+    folder, _ = deep_images
+    bad = folder / "float_big.tif"
+    for read in (decode_image, readers.read_rgb, lambda p: load_image(("file", str(p)))):
+        with pytest.raises(DataError, match=r"float_big.tif is 32-bit float with values in"):
+            read(bad)
+    # `segment`: one error line, exit status 1, nothing written
+    out = tmp_path / "mask.png"
+    code = segment.main(["--model-type", "tiny", "--image", str(bad), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: image ") and "32-bit float" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_amg_reads_deep_images_and_reports_refused_ones(deep_images, tmp_path, capsys):
+    folder, _ = deep_images
+    out = tmp_path / "out"
+    args = ["--model-type", "tiny", "--points-per-side", "2", "--pred-iou-thresh", "0"]
+    code = amg.main(["--input", str(folder), "--output", str(out), *args])
+    captured = capsys.readouterr()
+    assert code == 1  # one file refused
+    assert "done: 5 image(s), skipped: 1" in captured.out
+    assert "float_big.tif" in captured.out and "32-bit float" in captured.err
+    assert len(list(out.iterdir())) == 5
