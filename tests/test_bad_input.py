@@ -105,3 +105,42 @@ def test_amg_reads_deep_images_and_reports_refused_ones(deep_images, tmp_path, c
     assert "done: 5 image(s), skipped: 1" in captured.out
     assert "float_big.tif" in captured.out and "32-bit float" in captured.err
     assert len(list(out.iterdir())) == 5
+
+
+# ------------------------------------------------------------- images with no masks
+def test_amg_says_why_an_image_gave_no_masks(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((48, 64, 3), 128, np.uint8)).save(folder / "flat.png")
+    out = tmp_path / "out"
+    code = amg.main(
+        ["--input", str(folder), "--output", str(out), "--model-type", "tiny"]
+        + ["--points-per-side", "4", "--pred-iou-thresh", "0.99"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0  # no masks is an answer, not an error
+    line = next(x for x in captured.err.splitlines() if "flat.png: 0 masks" in x)
+    assert "of 48 candidates" in line
+    assert "48 below pred_iou_thresh=0.99" in line and "best predicted IoU" in line
+    assert "lower --pred-iou-thresh" in line
+    assert "1 image(s) gave no masks: flat.png" in captured.out
+    assert (out / "flat" / "metadata.csv").read_text().strip() == amg.METADATA_HEADER
+
+
+def test_generator_stats_add_up(tmp_path):
+    from sam_jax import SamAutomaticMaskGenerator, sam_model_registry
+    from sam_jax.automatic_mask_generator import describe_stats
+
+    model = sam_model_registry["tiny"]()
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[16:48, 16:48] = 255
+    gen = SamAutomaticMaskGenerator(
+        model, points_per_side=4, pred_iou_thresh=0, stability_score_thresh=0, crop_n_layers=1
+    )
+    records = gen.generate(image)
+    s = gen.last_stats
+    assert s["candidates"] == 3 * (16 + 4 * 16)
+    assert s["below_pred_iou_thresh"] == s["below_stability_score_thresh"] == 0
+    assert s["masks"] == len(records)
+    assert s["candidates"] - s["at_crop_edge"] - s["duplicates"] == s["masks"]
+    assert describe_stats(s).startswith(f"{len(records)} masks (of 240 candidates")
