@@ -144,3 +144,56 @@ def test_generator_stats_add_up(tmp_path):
     assert s["masks"] == len(records)
     assert s["candidates"] - s["at_crop_edge"] - s["duplicates"] == s["masks"]
     assert describe_stats(s).startswith(f"{len(records)} masks (of 240 candidates")
+
+
+# ----------------------------------------------------------- convert --overwrite
+@pytest.fixture(scope="module")
+def tiny_pth(tmp_path_factory):
+    import torch
+
+    from sam_jax.testing import build_reference
+
+    path = tmp_path_factory.mktemp("pth") / "sam_tiny.pth"
+    torch.save(build_reference("tiny", seed=0).state_dict(), path)
+    return path
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_convert_overwrite_replaces_only_a_converted_checkpoint(tiny_pth, tmp_path, capsys):
+    from sam_jax import convert
+
+    def run(output, *extra):
+        code = convert.main(["--checkpoint", str(tiny_pth), "--output", str(output), *extra])
+        captured = capsys.readouterr()
+        return code, captured.err
+
+    # a folder holding someone's file
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "holiday.jpg").write_bytes(b"not mine to delete")
+    code, err = run(folder, "--overwrite")
+    assert code == 1
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert "is not a converted checkpoint (it holds holiday.jpg)" in err
+    assert _tree(folder) == {"holiday.jpg": b"not mine to delete"}
+
+    # a file
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep")
+    code, err = run(notes, "--overwrite")
+    assert code == 1 and "is a file, not a converted checkpoint" in err
+    assert notes.read_text() == "keep"
+
+    # a converted checkpoint is replaced; one with something else beside it is not
+    ckpt = tmp_path / "converted"
+    assert run(ckpt)[0] == 0
+    assert run(ckpt, "--overwrite")[0] == 0
+    (ckpt / "README.txt").write_text("my notes")
+    before = _tree(ckpt)
+    code, err = run(ckpt, "--overwrite")
+    assert code == 1 and "(it holds README.txt)" in err
+    assert _tree(ckpt) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "notes.txt", "photos"]
