@@ -8,6 +8,9 @@ checkpoint, a dataset that yields no masks, and configuration mistakes.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -21,6 +24,7 @@ from sam_jax.data.sources import DataError
 from sam_jax.evaluation import readers
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # configs/ and tests/ as packages
 
 
 # ------------------------------------------------------------------ non-8-bit images
@@ -197,3 +201,61 @@ def test_convert_overwrite_replaces_only_a_converted_checkpoint(tiny_pth, tmp_pa
     assert code == 1 and "(it holds README.txt)" in err
     assert _tree(ckpt) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted", "notes.txt", "photos"]
+
+
+# ------------------------------------------------------- a damaged training checkpoint
+def _cli(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, script, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _steps(workdir: Path) -> list[int]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
+
+
+def test_train_falls_back_from_a_truncated_checkpoint(tmp_path, capsys):
+    from sam_jax.training import checkpoints
+    from sam_jax.training import trainer as trainer_lib
+    from tests.test_train import small_config
+
+    c = small_config(2)
+    c.checkpoint_every_steps = 1
+    c.eval.synthetic_images = 0
+    trainer_lib.train_and_evaluate(c, tmp_path)
+    assert _steps(tmp_path) == [1, 2]
+    # truncate the largest data file of the newest checkpoint, as a full disk would
+    step_dir = tmp_path / checkpoints.CHECKPOINT_DIR / "2"
+    victim = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    damaged = _tree(step_dir)
+    capsys.readouterr()
+
+    c = small_config(3)
+    c.checkpoint_every_steps = 1
+    c.eval.synthetic_images = 0
+    result = trainer_lib.train_and_evaluate(c, tmp_path)
+    err = capsys.readouterr().err
+    assert result["status"] == "finished" and result["step"] == 3
+    relative = victim.relative_to(tmp_path)
+    line = next(x for x in err.splitlines() if "is unreadable" in x)
+    assert line.startswith(f"warning: checkpoint step 2 is unreadable: {relative}: ")
+    assert line.endswith("and resuming from step 1")
+    # the damaged step is kept aside, byte for byte; training went on from step 1
+    aside = tmp_path / checkpoints.UNREADABLE_DIR / "2"
+    assert f"moved it to {aside}" in line
+    assert _tree(aside) == damaged
+    mngr = checkpoints.make_manager(tmp_path)
+    assert mngr.all_steps() == [1, 2, 3]
+    mngr.close()
+    # metrics.jsonl: step 2 of the first run dropped on resume, no step twice
+    assert _steps(tmp_path) == [1, 2, 3]
