@@ -8,20 +8,28 @@
 
 Writes results.json, records.jsonl, results.md and miou_vs_clicks.png to --output_dir,
 and resumes there after an interruption. Dataset layouts: `sam_jax/evaluation/registry.py`.
+
+A mistake in the flags or the config, a missing checkpoint or dataset are reported as one
+`error: ...` line with exit status 1.
 """
 
 from __future__ import annotations
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sam_jax.evaluation import EvalSettings, load_model, run_evaluation
+from sam_jax.train_config import ConfigError, override_error, validate_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
     "Config file; its .model section (model_type) picks the model, and its "
     "data.synthetic_* settings the kind of pictures the 'synthetic' entry draws.",
+    lock_config=False,
+    accept_new_attributes=True,  # an unknown --config.KEY reaches validate_config
 )
 flags.DEFINE_string(
     "checkpoint", None, "A .pth state dict or a converted checkpoint directory (none: random)."
@@ -61,12 +69,30 @@ flags.mark_flag_as_required("output_dir")
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config = _CONFIG.value
-    model_config = config.model if config is not None else None
-    model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
+def _error(message, code: int = 1):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with its errors (and --config.KEY override errors) as one
+    `error:` line and exit status 1."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _error(e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        _error(override_error(e, argv))
+
+
+def _settings(config) -> EvalSettings:
+    """The run's settings from the flags (ValueError naming a bad one)."""
+    clicks = []
+    for n in FLAGS.num_clicks:
+        try:
+            clicks.append(int(n))
+        except ValueError:
+            raise ValueError(f"--num_clicks: {n!r} is not a whole number of clicks") from None
     # The `synthetic` entry draws held-out pictures of the kind the config trains on.
     data = config.get("data", {}) if config is not None else {}
     synthetic = {
@@ -74,11 +100,11 @@ def main(argv):
         for key in ("synthetic_size", "synthetic_max_objects", "synthetic_classes")
         if key in data
     }
-    settings = EvalSettings(
+    return EvalSettings(
         datasets=FLAGS.datasets,
         output_dir=FLAGS.output_dir,
         data_dir=FLAGS.data_dir,
-        num_clicks=tuple(int(n) for n in FLAGS.num_clicks),
+        num_clicks=tuple(clicks),
         max_masks_per_dataset=FLAGS.max_masks_per_dataset,
         subsample_above=FLAGS.subsample_above,
         seed=FLAGS.seed,
@@ -87,14 +113,34 @@ def main(argv):
         multimask_all_clicks=FLAGS.multimask_all_clicks,
         fixed_batch_shape=FLAGS.fixed_batch_shape,
         checkpoint=FLAGS.checkpoint,
-        model_type=model.model_type,
         overwrite=FLAGS.overwrite,
         **synthetic,
     )
-    results = run_evaluation(settings, model)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _error(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = _CONFIG.value
+    if config is not None:
+        try:
+            validate_config(config, training=False)
+        except ConfigError as e:
+            _error(e)
+        except OSError as e:  # the config file did not load (raised on first use)
+            path = config_flags.get_config_filename(FLAGS["config"])
+            _error(f"cannot load --config {path}: {str(e).strip().splitlines()[-1].strip()}")
+    try:
+        settings = _settings(config)  # flag mistakes surface before the model loads
+        model_config = config.model if config is not None else None
+        model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
+        settings.model_type = model.model_type
+        results = run_evaluation(settings, model)
+    except ValueError as e:  # CheckpointError, DataError, bad settings
+        _error(" ".join(str(e).split()))
     mean = results["mean_over_datasets"]["miou"]
     logging.info("mean mIoU over datasets: %s", {k: round(v, 4) for k, v in mean.items()})
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

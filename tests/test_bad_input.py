@@ -259,3 +259,109 @@ def test_train_falls_back_from_a_truncated_checkpoint(tmp_path, capsys):
     mngr.close()
     # metrics.jsonl: step 2 of the first run dropped on resume, no step twice
     assert _steps(tmp_path) == [1, 2, 3]
+
+
+def test_train_with_no_readable_checkpoint_stops_with_one_line(tmp_path):
+    from sam_jax.training import checkpoints
+    from sam_jax.training import trainer as trainer_lib
+    from tests.test_train import small_config
+
+    c = small_config(1)
+    c.eval.synthetic_images = 0
+    trainer_lib.train_and_evaluate(c, tmp_path)
+    metadata = tmp_path / checkpoints.CHECKPOINT_DIR / "1" / "state" / "_METADATA"
+    metadata.write_bytes(metadata.read_bytes()[:100])
+    checkpoint_files = _tree(tmp_path / checkpoints.CHECKPOINT_DIR)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+
+    proc = _cli(
+        "train.py",
+        f"--workdir={tmp_path}",
+        "--config.num_train_steps=2",
+        "--config.batch_size=2",
+        "--config.model.patch_size=16",
+        "--config.data.synthetic_images=8",
+        "--config.data.num_threads=1",
+        "--config.train.masks_per_image=2",
+        "--config.train.num_iterations=2",
+        "--config.train.num_point_rounds=0",
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = _error_lines(proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert line.startswith(f"error: no checkpoint in {tmp_path / 'checkpoints'} is readable (")
+    assert "step 1: checkpoints/1/state/_METADATA: JSONDecodeError" in line
+    assert "Nothing was moved or deleted" in line
+    assert _tree(tmp_path / checkpoints.CHECKPOINT_DIR) == checkpoint_files
+    assert not (tmp_path / checkpoints.UNREADABLE_DIR).exists()
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+
+
+# ------------------------------------------------------------ configuration mistakes
+CONFIG_MISTAKES = [
+    (["--config.batch_size=0"], "error: config key batch_size=0: must be an integer >= 1"),
+    (
+        ["--config.batch_sise=2"],
+        "error: unknown config key 'batch_sise' (did you mean 'batch_size'?)",
+    ),
+    (
+        ["--config.data.source=synthtic"],
+        "error: config key data.source='synthtic': must be one of 'sa1b', 'coco', 'tfds', "
+        "'synthetic' (did you mean 'synthetic'?)",
+    ),
+    (["--config.optimizer.lr=-1"], "error: config key optimizer.lr=-1.0: must be a number > 0"),
+    (
+        ["--config.mesh.fsdp=3"],
+        "error: config key mesh={'data': -1, 'fsdp': 3, 'tensor': 1}: data x fsdp x tensor must "
+        "be 1 (the number of devices)",
+    ),
+    (
+        ["--config.optimizer.foo.bar=1"],
+        "error: cannot apply --config.optimizer.foo.bar: unknown config key 'foo'",
+    ),
+    (["--config.batch_size=abc"], "error: flag --config.batch_size=abc: invalid literal for int()"),
+    (["--config=configs/nope.py"], "error: cannot load --config configs/nope.py: [Errno 2]"),
+]
+
+
+@pytest.mark.parametrize("args,expected", CONFIG_MISTAKES, ids=[a[0] for a, _ in CONFIG_MISTAKES])
+def test_train_config_mistakes_are_one_line_before_any_work(tmp_path, args, expected):
+    workdir = tmp_path / "run"
+    proc = _cli("train.py", f"--workdir={workdir}", *args)
+    assert proc.returncode == 1
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith(expected), line
+    assert "Traceback" not in proc.stderr
+    assert not workdir.exists()  # no data generated, nothing written
+
+
+def test_evaluate_config_and_flag_mistakes_are_one_line(tmp_path):
+    out = tmp_path / "out"
+    for args, expected in [
+        (["--config.batch_sise=2"], "error: unknown config key 'batch_sise' (did you mean"),
+        (["--batch_size=0"], "error: batch_size must be >= 1, got 0"),
+        (["--num_clicks=1,x"], "error: --num_clicks: 'x' is not a whole number of clicks"),
+    ]:
+        proc = _cli("evaluate.py", "--config=configs/tiny.py", f"--output_dir={out}", *args)
+        assert proc.returncode == 1, (args, proc.stderr[-2000:])
+        (line,) = _error_lines(proc.stderr)
+        assert line.startswith(expected), line
+        assert "Traceback" not in proc.stderr
+        assert not out.exists()
+
+
+def test_validate_config_names_every_problem():
+    from configs import tiny
+    from sam_jax.train_config import ConfigError, validate_config
+
+    config = tiny.get_config()
+    validate_config(config, num_devices=1)
+    config.unlock()
+    config.optimiser = {"lr": 1.0}
+    config.train.num_iterations = 1
+    with pytest.raises(ConfigError) as info:
+        validate_config(config, num_devices=1)
+    assert str(info.value) == "unknown config key 'optimiser.lr' (did you mean 'optimizer.lr'?)"
+    del config["optimiser"]
+    with pytest.raises(ConfigError, match=r"train.num_iterations=1: must be >= train.num_point"):
+        validate_config(config, num_devices=1)

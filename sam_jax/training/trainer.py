@@ -34,6 +34,7 @@ from sam_jax.data.decode import ExampleSpec
 from sam_jax.data.mask_embeddings import make_embedder
 from sam_jax.data.pipeline import make_dataset
 from sam_jax.model_configs import build_sam
+from sam_jax.train_config import validate_config
 from sam_jax.training import checkpoints
 from sam_jax.training.optimizer import make_optimizer
 from sam_jax.training.step import TrainState, train_step
@@ -429,7 +430,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train (resuming from `<workdir>/checkpoints` when possible), then evaluate.
 
     Returns {"status": "finished" | "preempted", "step": int, "eval": dict | None}.
-    Raises CheckpointError when no checkpoint in the workdir restores, and
+    Raises ConfigError (before any work) for a config mistake, CheckpointError when no
+    checkpoint in the workdir restores, DataError for unusable data, and
     NonFiniteLossError when the loss becomes NaN/Inf (nothing is saved after it).
     """
     if "://" in str(workdir):
@@ -437,20 +439,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             f"workdir {workdir} is a URL; it must be a filesystem path that every process sees "
             "(local disk for one host; NFS, Filestore or a gcsfuse-mounted bucket for several)"
         )
+    # The whole config, before anything is created or generated (ConfigError).
+    validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
-    if config.batch_size % jax.process_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes"
-        )
     trainer = Trainer(config)
     mesh = trainer.mesh
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % batch_ways:
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by data x fsdp = {batch_ways}"
-        )
     if primary:
         checkpoints.write_model_config(workdir, config.model)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
