@@ -9,8 +9,9 @@
 Writes results.json, records.jsonl, results.md and miou_vs_clicks.png to --output_dir,
 and resumes there after an interruption. Dataset layouts: `sam_jax/evaluation/registry.py`.
 
-A mistake in the flags or the config, a missing checkpoint or dataset are reported as one
-`error: ...` line with exit status 1.
+A mistake in the flags or the config, a missing checkpoint or dataset, and a dataset that
+yields no evaluated mask (unless --allow_empty) are reported as one `error: ...` line
+with exit status 1; results of the datasets already done stay in --output_dir.
 """
 
 from __future__ import annotations
@@ -64,6 +65,11 @@ flags.DEFINE_bool(
     "(helps short runs).",
 )
 flags.DEFINE_bool("overwrite", False, "Discard results of a different run in --output_dir.")
+flags.DEFINE_bool(
+    "allow_empty",
+    False,
+    "Accept a dataset that yields no evaluated mask (default: an error, exit status 1).",
+)
 flags.mark_flag_as_required("output_dir")
 
 FLAGS = flags.FLAGS
@@ -114,6 +120,7 @@ def _settings(config) -> EvalSettings:
         fixed_batch_shape=FLAGS.fixed_batch_shape,
         checkpoint=FLAGS.checkpoint,
         overwrite=FLAGS.overwrite,
+        allow_empty=FLAGS.allow_empty,
         **synthetic,
     )
 
@@ -136,7 +143,7 @@ def main(argv):
         model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
         settings.model_type = model.model_type
         results = run_evaluation(settings, model)
-    except ValueError as e:  # CheckpointError, DataError, bad settings
+    except ValueError as e:  # CheckpointError, DataError (EmptyDatasetError), bad settings
         _error(" ".join(str(e).split()))
     mean = results["mean_over_datasets"]["miou"]
     logging.info("mean mIoU over datasets: %s", {k: round(v, 4) for k, v in mean.items()})

@@ -297,6 +297,74 @@ def test_train_with_no_readable_checkpoint_stops_with_one_line(tmp_path):
     assert (tmp_path / "metrics.jsonl").read_text() == metrics
 
 
+# --------------------------------------------------------- a dataset with no masks
+def test_evaluate_refuses_a_malformed_coco_json(tmp_path):
+    (tmp_path / "images").mkdir()
+    ann = tmp_path / "instances.json"
+    ann.write_text('{"images": [{"id": 1, "file_name": "a.png"')  # cut off
+    out = tmp_path / "out"
+    proc = _cli(
+        "evaluate.py",
+        "--config=configs/tiny.py",
+        f"--datasets=coco:{ann}:{tmp_path / 'images'}",
+        f"--output_dir={out}",
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith("error: coco:instances: no usable image (1 skipped: malformed JSON ")
+    assert str(ann) in line and "--allow_empty" in line
+    assert not (out / "results.json").exists()  # nothing claims to be a result
+
+
+def test_a_dataset_that_yields_no_masks_fails_the_run_and_keeps_the_others(tmp_path):
+    from sam_jax import sam_model_registry
+    from sam_jax.evaluation import EvalSettings, run_evaluation, runner
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    ann = tmp_path / "instances.json"
+    rle = {"size": [32, 32], "counts": [0, 1024]}
+    ann.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png", "height": 32, "width": 32}],
+                "annotations": [{"id": 5, "image_id": 1, "segmentation": rle, "iscrowd": 0}],
+                "categories": [{"id": 1, "name": "x"}],
+            }
+        )
+    )
+    model = sam_model_registry["tiny"]()
+    datasets = ["synthetic", f"coco:{ann}:{tmp_path / 'images'}"]
+
+    def settings(out, allow_empty=False):
+        return EvalSettings(
+            datasets=datasets,
+            output_dir=str(out),
+            num_clicks=(1,),
+            synthetic_images=1,
+            synthetic_size=(64, 80),
+            synthetic_max_objects=2,
+            allow_empty=allow_empty,
+        )
+
+    out = tmp_path / "out"
+    with pytest.raises(runner.EmptyDatasetError) as info:
+        run_evaluation(settings(out), model)
+    message = str(info.value)
+    assert message.startswith("coco:instances: 0 masks (1 skipped: 1: corrupt image ")
+    assert "images/a.png: not a known image format" in message and "--allow_empty" in message
+    results = json.loads((out / runner.RESULTS).read_text())
+    assert results["complete"] is False
+    assert results["empty_datasets"] == ["coco:instances"]
+    assert results["datasets"]["synthetic"]["num_masks"] > 0  # the other dataset's results
+    assert (out / runner.RECORDS).read_text().count('"dataset": "synthetic"') > 0
+
+    # asked to go on: the same run completes, resuming the finished images
+    results = run_evaluation(settings(out, allow_empty=True), model)
+    assert results["complete"] is True
+    assert results["datasets"]["coco:instances"]["num_masks"] == 0
+
+
 # ------------------------------------------------------------ configuration mistakes
 CONFIG_MISTAKES = [
     (["--config.batch_size=0"], "error: config key batch_size=0: must be an integer >= 1"),

@@ -8,6 +8,12 @@ Output folder:
 - results.json, results.md, miou_vs_clicks.png: replaced atomically as results come in;
 - run.json: the settings. Rerunning the same command in the same folder resumes after the
   last finished image; different settings there are refused unless overwrite is set.
+
+A dataset that yields no evaluated mask (a malformed annotation file, images that all fail
+to read) is an error, not a result: it is refused before any model work when indexing
+found no usable image, and otherwise the run finishes the other datasets, writes their
+results without `"complete": true` and raises EmptyDatasetError; `allow_empty` accepts
+such datasets instead.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from sam_jax.evaluation.readers import Dataset, Sample
 from sam_jax.predictor import SamPredictor
 
 log = logging.getLogger(__name__)
+
+
+class EmptyDatasetError(DataError):
+    """A dataset yielded no evaluated mask (and `allow_empty` is off)."""
+
 
 RECORDS = "records.jsonl"
 PROGRESS = "progress.jsonl"
@@ -61,6 +72,7 @@ class EvalSettings:
     checkpoint: str | None = None
     model_type: str | None = None
     overwrite: bool = False
+    allow_empty: bool = False  # a dataset with no evaluated mask is accepted, not an error
 
     def __post_init__(self):
         self.num_clicks = tuple(sorted({int(n) for n in self.num_clicks}))
@@ -82,7 +94,14 @@ class EvalSettings:
     def identity(self) -> dict:
         """What decides the results (batch size and the output folder do not)."""
         d = dataclasses.asdict(self)
-        for k in ("output_dir", "batch_size", "overwrite", "data_dir", "fixed_batch_shape"):
+        for k in (
+            "output_dir",
+            "batch_size",
+            "overwrite",
+            "data_dir",
+            "fixed_batch_shape",
+            "allow_empty",
+        ):
             d.pop(k)
         d["num_clicks"] = list(self.num_clicks)
         d["synthetic_size"] = list(self.synthetic_size)
@@ -238,6 +257,11 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
             continue
         if not dataset.samples and not dataset.skipped:
             raise DataError(f"{name}: no annotated images found")
+        if not dataset.samples and not settings.allow_empty:
+            raise EmptyDatasetError(
+                f"{name}: no usable image ({_skips(dataset.skipped, dataset.problems)}); fix "
+                "the data, or pass --allow_empty to go on without it"
+            )
         # Records and resume are keyed by image id: make ids unique within the dataset.
         seen: dict[str, int] = {}
         for sample in dataset.samples:
@@ -309,7 +333,24 @@ def run_evaluation(
         results = _write_results(outputs.dir, states, settings, final=True)
     finally:
         outputs.close()
+    empty = results.get("empty_datasets", [])
+    if empty and not settings.allow_empty:
+        described = "; ".join(
+            f"{name}: 0 masks ({_skips(states[name].skipped, states[name].problems)})"
+            for name in empty
+        )
+        raise EmptyDatasetError(
+            f"{described}. The other datasets' results are in {outputs.dir / RESULTS} (not "
+            "marked complete); fix the data, or pass --allow_empty to accept empty datasets"
+        )
     return results
+
+
+def _skips(skipped: int, problems: list[str]) -> str:
+    if not skipped:
+        return "nothing was skipped: no annotation to evaluate"
+    first = f": {problems[0]}" if problems else ""
+    return f"{skipped} skipped{first}"
 
 
 def _evaluate_sample(predictor, sample: Sample, dataset: str, max_clicks: int, settings):
@@ -368,12 +409,16 @@ def _write_results(out_dir: Path, states, settings: EvalSettings, final: bool) -
     for name, d in datasets.items():
         spec = registry.lookup(name)
         d["paper_sam_minus_ritm"] = spec.paper_delta if spec else None
+    empty = [name for name, d in datasets.items() if d["num_masks"] == 0]
     results = {
         "datasets": datasets,
         "mean_over_datasets": report.mean_over_datasets(datasets, settings.num_clicks),
-        "complete": final,
+        # Complete only when every dataset was scored (or empty ones were accepted).
+        "complete": final and (not empty or settings.allow_empty),
         "settings": settings.identity(),
     }
+    if final and empty:
+        results["empty_datasets"] = empty
     report.write_atomic(out_dir / RESULTS, report.dumps(results))
     report.write_atomic(out_dir / REPORT, report.markdown(results, settings.num_clicks))
     if final:
