@@ -3,7 +3,8 @@ a non-zero exit where it is an error, and nothing already written is lost.
 
 One section per kind of bad input: a non-8-bit image, an image that yields no masks, a
 --overwrite onto a directory that is not a converted checkpoint, a damaged newest training
-checkpoint, a dataset that yields no masks, and configuration mistakes.
+checkpoint, a dataset that yields no masks, and configuration mistakes; and results.md,
+which puts the paper's mean only beside a run it is comparable to.
 """
 
 from __future__ import annotations
@@ -433,3 +434,28 @@ def test_validate_config_names_every_problem():
     del config["optimiser"]
     with pytest.raises(ConfigError, match=r"train.num_iterations=1: must be >= train.num_point"):
         validate_config(config, num_devices=1)
+
+
+# ------------------------------------------------ results.md: comparable figures only
+def test_results_md_shows_the_paper_mean_only_beside_the_paper_suite():
+    from sam_jax.evaluation import registry, report
+
+    def entry(miou):
+        return report.dataset_summary([[miou, miou]], [[miou, miou]], (1, 2), 1, 0, [])
+
+    synthetic = {"synthetic": entry(0.6), "coco:val": entry(0.5)}
+    results = {
+        "datasets": synthetic,
+        "mean_over_datasets": report.mean_over_datasets(synthetic, (1, 2)),
+    }
+    text = report.markdown(results, (1, 2))
+    assert "paper, SAM ViT-H" not in text and "58.1" not in text
+    assert "this run's mean is over 2 dataset(s), 0 of them from the paper's suite" in text
+    assert "not comparable" in text
+
+    suite = {name: entry(0.5) for name in registry.DATASETS}
+    results = {"datasets": suite, "mean_over_datasets": report.mean_over_datasets(suite, (1, 2))}
+    text = report.markdown(results, (1, 2))
+    assert "| paper, SAM ViT-H, mean of 23 |  |  | 58.1 | - |  |  |" in text
+    assert report.covers_paper_suite(suite)
+    assert not report.covers_paper_suite({**suite, "synthetic": entry(0.9)})
