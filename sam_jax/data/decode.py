@@ -89,7 +89,7 @@ def _to_rgb(im: Image.Image, label: str) -> np.ndarray:
                 f"image{label} is {mode} (integer) with values in [{lo}, {hi}]: no known "
                 "white level; save it with 8 or 16 bits per channel"
             )
-        grey = np.round(values.astype(np.float32) * np.float32(255 / 65535)).astype(np.uint8)
+        grey = np.round(values * (255 / 65535)).astype(np.uint8)  # float64: exact rounding
         return np.repeat(grey[:, :, None], 3, axis=2)
     if mode == "F":
         values = np.asarray(im, dtype=np.float32)
