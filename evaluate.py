@@ -10,6 +10,10 @@
 
 Writes results.json, records.jsonl, results.md and miou_vs_clicks.png to --output_dir,
 and resumes there after an interruption. Dataset layouts: `sam_jax/evaluation/registry.py`.
+
+A mistake in the flags or the config, a missing checkpoint or dataset, and a dataset that
+yields no evaluated mask (unless --allow_empty) are reported as one `error: ...` line
+with exit status 1; results of the datasets already done stay in --output_dir.
 `--inventory` only lists what --data_dir holds for each dataset, beside the paper's counts.
 """
 
@@ -23,12 +27,16 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sam_jax.evaluation import EvalSettings, inventory, load_model, run_evaluation
+from sam_jax.evaluation.runner import open_datasets
+from sam_jax.training.config import ConfigError, override_error, validate_config
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
     "Config file; its .model section (model_type) picks the model, and its "
     "data.synthetic_* settings the kind of pictures the 'synthetic' entry draws.",
+    lock_config=False,
+    accept_new_attributes=True,  # an unknown --config.KEY reaches validate_config
 )
 flags.DEFINE_string(
     "checkpoint", None, "A .pth state dict or a converted checkpoint directory (none: random)."
@@ -64,6 +72,12 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_bool("overwrite", False, "Discard results of a different run in --output_dir.")
 flags.DEFINE_bool(
+    "allow_empty",
+    False,
+    "Accept a dataset in which no masks are found or none is evaluated (default: an error, "
+    "exit status 1).",
+)
+flags.DEFINE_bool(
     "inventory",
     False,
     "Only list what --data_dir holds for each of --datasets (images and masks found beside "
@@ -76,25 +90,34 @@ flags.DEFINE_integer(
     "Label-map datasets: decode at most this many label images to count masks (the rest "
     "is extrapolated); 0 counts them all.",
 )
-flags.DEFINE_bool(
-    "allow_empty",
-    False,
-    "Go on when a dataset yields no masks (default: refuse to start, or fail at the end).",
-)
 
 FLAGS = flags.FLAGS
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if FLAGS.inventory:
-        return _inventory()
-    if not FLAGS.output_dir:
-        raise app.UsageError("--output_dir is required (or --inventory)")
-    config = _CONFIG.value
-    model_config = config.model if config is not None else None
-    model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
+def _error(message, code: int = 1):
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with its errors (and --config.KEY override errors) as one
+    `error:` line and exit status 1."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _error(e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        _error(override_error(e, argv))
+
+
+def _settings(config) -> EvalSettings:
+    """The run's settings from the flags (ValueError naming a bad one)."""
+    clicks = []
+    for n in FLAGS.num_clicks:
+        try:
+            clicks.append(int(n))
+        except ValueError:
+            raise ValueError(f"--num_clicks: {n!r} is not a whole number of clicks") from None
     # The `synthetic` entry draws held-out pictures of the kind the config trains on.
     data = config.get("data", {}) if config is not None else {}
     synthetic = {
@@ -102,11 +125,11 @@ def main(argv):
         for key in ("synthetic_size", "synthetic_max_objects", "synthetic_classes")
         if key in data
     }
-    settings = EvalSettings(
+    return EvalSettings(
         datasets=FLAGS.datasets,
         output_dir=FLAGS.output_dir,
         data_dir=FLAGS.data_dir,
-        num_clicks=tuple(int(n) for n in FLAGS.num_clicks),
+        num_clicks=tuple(clicks),
         max_masks_per_dataset=FLAGS.max_masks_per_dataset,
         subsample_above=FLAGS.subsample_above,
         seed=FLAGS.seed,
@@ -115,15 +138,11 @@ def main(argv):
         multimask_all_clicks=FLAGS.multimask_all_clicks,
         fixed_batch_shape=FLAGS.fixed_batch_shape,
         checkpoint=FLAGS.checkpoint,
-        model_type=model.model_type,
         overwrite=FLAGS.overwrite,
         allow_empty=FLAGS.allow_empty,
         inventory_sample=FLAGS.inventory_sample,
         **synthetic,
     )
-    results = run_evaluation(settings, model)
-    mean = results["mean_over_datasets"]["miou"]
-    logging.info("mean mIoU over datasets: %s", {k: round(v, 4) for k, v in mean.items()})
 
 
 def _inventory() -> int:
@@ -147,5 +166,34 @@ def _inventory() -> int:
     return 0
 
 
+def main(argv):
+    if len(argv) > 1:
+        _error(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.inventory:
+        return _inventory()
+    if not FLAGS.output_dir:
+        _error("--output_dir is required (or --inventory)")
+    config = _CONFIG.value
+    if config is not None:
+        try:
+            validate_config(config, training=False)
+        except ConfigError as e:
+            _error(e)
+        except OSError as e:  # the config file did not load (raised on first use)
+            path = config_flags.get_config_filename(FLAGS["config"])
+            _error(f"cannot load --config {path}: {str(e).strip().splitlines()[-1].strip()}")
+    try:
+        settings = _settings(config)  # flag mistakes surface before the model loads
+        datasets = open_datasets(settings)  # and data mistakes too
+        model_config = config.model if config is not None else None
+        model = load_model(model_config, FLAGS.checkpoint, FLAGS.seed)
+        settings.model_type = model.model_type
+        results = run_evaluation(settings, model, datasets=datasets)
+    except ValueError as e:  # CheckpointError, DataError (EmptyDatasetError), bad settings
+        _error(" ".join(str(e).split()))
+    mean = results["mean_over_datasets"]["miou"]
+    logging.info("mean mIoU over datasets: %s", {k: round(v, 4) for k, v in mean.items()})
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -386,9 +386,19 @@ def test_cli_existing_output_needs_overwrite(tiny_pth, tiny_model, tmp_path, cap
     assert (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 
+    # --overwrite replaces only a converted checkpoint: this folder is refused, untouched
+    rc, _, err = run_cli("--checkpoint", tiny_pth, "--output", out, "--overwrite", capsys=capsys)
+    assert rc != 0 and "is not a converted checkpoint (it holds keep.txt)" in err
+    assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+
+    (out / "keep.txt").unlink()  # an empty folder holds nothing to lose
     rc, _, err = run_cli("--checkpoint", tiny_pth, "--output", out, "--overwrite", capsys=capsys)
     assert rc == 0, err
-    assert not (out / "keep.txt").exists()
+    assert_params_equal(sam_model_registry["tiny"](checkpoint=out).params, tiny_model.params)
+    # and a converted checkpoint is replaced, leaving no temporary or old copy beside it
+    rc, _, err = run_cli("--checkpoint", tiny_pth, "--output", out, "--overwrite", capsys=capsys)
+    assert rc == 0, err
     assert_params_equal(sam_model_registry["tiny"](checkpoint=out).params, tiny_model.params)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
 

@@ -101,7 +101,16 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     trainer_lib.train_and_evaluate(c, tmp_path)
     c = small_config(4)
     c.checkpoint_every_steps = 1
-    c.optimizer.lr = float("nan")  # NaN params after one more step -> NaN loss
+    # NaN params after one more step -> NaN loss. The config itself refuses a NaN lr, so
+    # it is slipped in behind the config check.
+    make_optimizer = trainer_lib.make_optimizer
+
+    def nan_lr_optimizer(config, *args):
+        config = config.copy_and_resolve_references()
+        config.optimizer.lr = float("nan")
+        return make_optimizer(config, *args)
+
+    monkeypatch.setattr(trainer_lib, "make_optimizer", nan_lr_optimizer)
     with pytest.raises(trainer_lib.NonFiniteLossError, match="last good checkpoint"):
         trainer_lib.train_and_evaluate(c, tmp_path)
     mngr = checkpoints.make_manager(tmp_path)

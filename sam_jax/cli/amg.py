@@ -8,6 +8,8 @@ and metadata.csv (the columns of the reference's scripts/amg.py); with --convert
 OUTPUT/<name>.json instead, in the SA-1B layout ({"image": ..., "annotations": [...]},
 masks as COCO RLE). Rerunning into the same OUTPUT replaces these files. Files that
 cannot be read as images are reported and skipped; the exit status is 1 if any were.
+An image that yields no masks is reported with the filters that removed its candidates
+(`photo.jpg: 0 masks (of 3072 candidates: 3072 below pred_iou_thresh=0.88 ...)`).
 Without --checkpoint the model is randomly initialised (the masks then mean nothing).
 """
 
@@ -77,6 +79,22 @@ def generator_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
+def explain_no_masks(stats: dict) -> str:
+    """Why an image gave no masks, naming the thresholds (and their flags) that removed the
+    candidates."""
+    from sam_jax.inference.automatic_mask_generator import describe_stats
+
+    flags = [
+        f"--{key.replace('_', '-')}"
+        for key in ("pred_iou_thresh", "stability_score_thresh")
+        if stats[f"below_{key}"]
+    ]
+    hint = f"; lower {' / '.join(flags)}" if flags else ""
+    if stats["candidates"] == 0:
+        hint = "; no point prompts were decoded"
+    return describe_stats(stats) + hint
+
+
 def list_inputs(path: Path) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if not p.is_dir())
@@ -138,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from sam_jax import SamAutomaticMaskGenerator, sam_model_registry
-    from sam_jax.cli.segment import load_image
+    from sam_jax.data.decode import decode_image
     from sam_jax.io.checkpoint import CheckpointError
 
     output_mode = "coco_rle" if args.convert_to_rle else "binary_mask"
@@ -157,17 +175,20 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     output.mkdir(parents=True, exist_ok=True)
-    done, skipped, used_stems = [], [], set()
+    done, skipped, empty, used_stems = [], [], [], set()
     bar = tqdm(targets, desc="images", unit="image", file=sys.stderr)
     for image_id, path in enumerate(bar):
         bar.set_postfix_str(path.name)
         try:
-            image = load_image(path)
+            image = decode_image(path)
         except ValueError as e:
             tqdm.write(f"skipped {path}: {e}", file=sys.stderr)
             skipped.append(path)
             continue
         records = generator.generate(image)
+        if not records:
+            tqdm.write(f"{path.name}: {explain_no_masks(generator.last_stats)}", file=sys.stderr)
+            empty.append(path)
         stem = _output_stem(path, used_stems)
         if args.convert_to_rle:
             doc = sa1b_json(records, path.name, image_id, image.shape[:2])
@@ -177,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         done.append(path)
     bar.close()
     print(f"done: {len(done)} image(s), skipped: {len(skipped)}; results in {output}")
+    if empty:
+        print(f"  {len(empty)} image(s) gave no masks: " + ", ".join(p.name for p in empty))
     for path in skipped:
         print(f"  skipped {path}")
     return 1 if skipped else 0

@@ -12,6 +12,7 @@ import sys
 
 from sam_jax.io.checkpoint import (
     CheckpointError,
+    check_output_dir,
     convert_state_dict,
     infer_model_type,
     load_torch_state_dict,
@@ -33,9 +34,14 @@ def main(argv: list[str] | None = None) -> int:
         help="model type (default: inferred from the checkpoint)",
     )
     parser.add_argument("--output", required=True, help="directory to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --output if it is a converted checkpoint (anything else is refused)",
+    )
     args = parser.parse_args(argv)
     try:
+        check_output_dir(args.output, args.overwrite)  # before the (slow) conversion
         state_dict = load_torch_state_dict(args.checkpoint)
         model_type = args.model_type or infer_model_type(state_dict)
         if model_type is None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from sam_jax.modeling.configs import MODEL_TYPES
 
@@ -64,14 +64,11 @@ def _parse_floats(text: str, n: tuple[int, ...], what: str) -> list[float]:
 
 
 def load_image(path) -> np.ndarray:
-    """Read an image file as RGB uint8, with a clear error for missing or corrupt files."""
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise ValueError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+    """Read an image file as RGB uint8 (the package's one decoder, `decode.decode_image`),
+    with a clear ValueError for missing, corrupt or unscalable files."""
+    from sam_jax.data.decode import decode_image
+
+    return decode_image(path)
 
 
 def _load_embedding(path) -> np.ndarray:

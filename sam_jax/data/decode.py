@@ -13,7 +13,7 @@ import json
 import threading
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
 from sam_jax.data.sources import DataError
@@ -40,6 +40,75 @@ def read_bytes(loc) -> bytes:
     raise DataError(f"unreadable location {loc!r}")
 
 
+def decode_image(source, where: str | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an image file path or encoded bytes: the package's one image
+    decoder (training data, evaluation readers, `segment`, `amg`).
+
+    Pixel values are scaled by the stored bit depth, never by the image's own range:
+    16-bit grey (PIL modes I;16, I;16B, I;16L, and I holding 0..65535) becomes
+    round(v * 255 / 65535); 16-bit colour PNG/TIFF, which PIL opens as 8-bit RGB(A), keep
+    the high byte (v >> 8, within one level of the same scaling); float images (mode F)
+    with values in [0, 1] become round(v * 255). Images with no known white level (floats
+    outside [0, 1], 32-bit integers above 65535) are refused. Palette, grey, grey+alpha,
+    RGBA and CMYK images are converted to RGB (alpha is dropped, not composited). EXIF
+    orientation is not applied: pixels stay as stored, which is the frame that dataset
+    annotations refer to.
+
+    Raises DataError (a ValueError) naming `where` (default: the path) and the problem.
+    """
+    is_path = not isinstance(source, (bytes, bytearray, memoryview))
+    if where is None:
+        where = str(source) if is_path else ""
+    label = f" {where}" if where else ""
+    try:
+        with Image.open(source if is_path else io.BytesIO(source)) as im:
+            im.load()
+            image = _to_rgb(im, label)
+    except FileNotFoundError:
+        raise DataError(f"image not found: {where}") from None
+    except IsADirectoryError:
+        raise DataError(f"not an image file: {where} is a directory") from None
+    except DataError:
+        raise
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise DataError(f"corrupt image{label}: not a known image format") from None
+    except Exception as e:  # PIL raises many types for damaged files
+        raise DataError(f"corrupt image{label}: {e}") from None
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise DataError(f"empty image{label}")
+    return image
+
+
+def _to_rgb(im: Image.Image, label: str) -> np.ndarray:
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(im)
+        lo, hi = int(values.min()), int(values.max())
+        if lo < 0 or hi > 65535:
+            raise DataError(
+                f"image{label} is {mode} (integer) with values in [{lo}, {hi}]: no known "
+                "white level; save it with 8 or 16 bits per channel"
+            )
+        grey = np.round(values * (255 / 65535)).astype(np.uint8)  # float64: exact rounding
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "F":
+        values = np.asarray(im, dtype=np.float32)
+        finite = bool(np.all(np.isfinite(values)))
+        lo, hi = (float(values.min()), float(values.max())) if finite else (np.nan, np.nan)
+        if not finite or lo < 0.0 or hi > 1.0:
+            raise DataError(
+                f"image{label} is 32-bit float with values in [{lo:g}, {hi:g}]: only floats "
+                "in [0, 1] have a known white level; save it with 8 or 16 bits per channel"
+            )
+        grey = np.round(values * 255.0).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if mode == "RGB":
+        return np.asarray(im)
+    if mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # PIL asks for palette transparency to go through RGBA
+    return np.asarray(im.convert("RGB"))
+
+
 def load_image(loc) -> np.ndarray:
     """(H, W, 3) uint8 RGB from a descriptor location."""
     if loc[0] == "array":
@@ -55,15 +124,7 @@ def load_image(loc) -> np.ndarray:
         data = read_bytes(loc)
     except OSError as e:
         raise DataError(f"cannot read image {loc[1]}: {e}") from None
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            image = np.asarray(im.convert("RGB"))
-    except Exception as e:  # PIL raises many types for damaged files
-        raise DataError(f"corrupt image {loc[1]}: {e}") from None
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise DataError(f"empty image {loc[1]}")
-    return image
+    return decode_image(data, str(loc[1]))
 
 
 def _check_rle(rle, h: int, w: int, where: str) -> dict:

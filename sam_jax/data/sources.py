@@ -14,7 +14,6 @@ Descriptors are dicts with "key" (a stable example name),
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -22,7 +21,6 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -190,8 +188,9 @@ class TfdsSource:
     Random access needs the copy prepared as array_record, e.g. `tfds build segment_anything
     --data_dir DIR --manual_dir LINKS_DIR --file_format=array_record` (TFDS' default,
     tfrecord, can only be streamed through TensorFlow; `tfds convert_format` converts it).
-    Records are read without TensorFlow; the stored JPEG is decoded with PIL, as the other
-    sources do, so a TFDS copy yields the same pixels as the SA-1B files it was built from.
+    Records are read without TensorFlow; the stored JPEG is decoded by `decode.decode_image`,
+    as the other sources' images are, so a TFDS copy yields the same pixels as the SA-1B
+    files it was built from.
 
     Needs tensorflow-datasets. A missing or unprepared data_dir, a copy in another file
     format, missing data files or an unreadable first record raise DataError at once; a
@@ -228,7 +227,7 @@ class TfdsSource:
         except Exception as e:
             raise DataError(f"cannot open split {split!r} of {where}: {e}") from e
         self._features = builder.info.features
-        # Keep the encoded image: decoded below with PIL, like the other sources.
+        # Keep the encoded image: decoded below by the one image decoder, like the others.
         self._decoders = {"image": {"content": tfds.decode.SkipDecoding()}}
         files = [fi.filename for fi in builder.info.splits[split].file_instructions]
         missing = _missing_files(files)
@@ -262,10 +261,7 @@ class TfdsSource:
                 name = name.decode()
             if name:
                 key = name.rsplit(".", 1)[0]  # sa_N, as the other SA-1B sources name it
-            try:
-                image_array = _decode_image(image["content"])
-            except Exception as e:  # PIL raises many types for damaged data
-                raise DataError(f"corrupt image: {e}") from None
+            image_array = _decode_image(image["content"])  # DataError names the problem
             seg = ex["annotations"]["segmentation"]
             rles = [
                 {"size": [int(v) for v in size], "counts": counts}
@@ -300,7 +296,7 @@ def _missing_files(paths: list[str]) -> list[str]:
 
 
 def _decode_image(data: bytes) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from encoded image bytes, decoded as `decode.load_image` does."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return np.asarray(im.convert("RGB"))
+    """(H, W, 3) uint8 RGB from encoded image bytes, by the one image decoder."""
+    from sam_jax.data.decode import decode_image  # decode imports this module
+
+    return decode_image(data)

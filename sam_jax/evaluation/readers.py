@@ -27,7 +27,6 @@ Formats:
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -95,31 +94,17 @@ class Dataset:
 
 # --------------------------------------------------------------------------- basic IO
 def read_rgb(path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from an image file (grayscale, RGBA and 16-bit are converted)."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im, dtype=np.float64)
-                top = max(arr.max(), 1.0)
-                im = Image.fromarray(np.round(arr * (255.0 / top)).astype(np.uint8))
-            image = np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataError(f"missing image {path}") from None
-    except Exception as e:  # PIL raises many types for damaged files
-        raise DataError(f"unreadable image {path}: {e}") from None
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise DataError(f"empty image {path}")
-    return image
+    """(H, W, 3) uint8 RGB from an image file, by the package's one image decoder
+    (`decode_image`: grey, palette, RGBA converted; 16-bit scaled by its bit depth)."""
+    from sam_jax.data.decode import decode_image
+
+    return decode_image(path)
 
 
 def read_rgb_bytes(data: bytes, where: str) -> np.ndarray:
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            return np.asarray(im.convert("RGB"))
-    except Exception as e:
-        raise DataError(f"unreadable image {where}: {e}") from None
+    from sam_jax.data.decode import decode_image
+
+    return decode_image(data, where)
 
 
 def read_label(path) -> np.ndarray:

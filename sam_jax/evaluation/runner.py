@@ -8,6 +8,12 @@ Output folder:
 - results.json, results.md, miou_vs_clicks.png: replaced atomically as results come in;
 - run.json: the settings. Rerunning the same command in the same folder resumes after the
   last finished image; different settings there are refused unless overwrite is set.
+
+A dataset that yields no evaluated mask (a malformed annotation file, images that all fail
+to read) is an error, not a result: it is refused before any model work when indexing
+found no masks (see `inventory`), and otherwise the run finishes the other datasets, writes their
+results without `"complete": true` and raises EmptyDatasetError; `allow_empty` accepts
+such datasets instead.
 """
 
 from __future__ import annotations
@@ -30,6 +36,11 @@ from sam_jax.inference.build import SamModel
 from sam_jax.inference.predictor import SamPredictor
 
 log = logging.getLogger(__name__)
+
+
+class EmptyDatasetError(DataError):
+    """A dataset yielded no evaluated mask (and `allow_empty` is off)."""
+
 
 RECORDS = "records.jsonl"
 PROGRESS = "progress.jsonl"
@@ -61,8 +72,8 @@ class EvalSettings:
     checkpoint: str | None = None
     model_type: str | None = None
     overwrite: bool = False
-    # Go on with a dataset in which no masks were found (by default the run refuses to
-    # start: it would only report nothing for it).
+    # Go on with a dataset in which no masks were found, or none were evaluated (by
+    # default a run refuses to start on it, or fails at the end).
     allow_empty: bool = False
     # Label-map datasets: decode at most this many label images to count their masks
     # before the run (the rest is extrapolated); 0 counts them all.
@@ -250,7 +261,7 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
         row = inventory.inventory_row(dataset, 0.0, settings.inventory_sample)
         if row.masks == 0 and not settings.allow_empty:
             reasons = "; ".join(row.problems[1:3]) or "no annotated image in its folder"
-            raise DataError(
+            raise EmptyDatasetError(
                 f"{name}: no masks found ({reasons}); run `evaluate.py --inventory` to see "
                 "what was read, or pass --allow_empty to go on without it"
             )
@@ -268,13 +279,19 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
 
 
 def run_evaluation(
-    settings: EvalSettings, model: SamModel, predictor: SamPredictor | None = None
+    settings: EvalSettings,
+    model: SamModel,
+    predictor: SamPredictor | None = None,
+    datasets: dict[str, Dataset] | None = None,
 ) -> dict:
     """Evaluate `model` on the datasets of `settings`; returns the results.json content.
 
     predictor: an existing `SamPredictor` of `model` to reuse (its compiled functions).
+    datasets: `open_datasets(settings)` if the caller already opened them (to find data
+    problems before loading a model).
     """
-    datasets = open_datasets(settings)
+    if datasets is None:
+        datasets = open_datasets(settings)
     outputs = _Outputs(settings)
     if predictor is None:
         predictor = SamPredictor(model, max_batch=settings.batch_size)
@@ -328,7 +345,24 @@ def run_evaluation(
         results = _write_results(outputs.dir, states, settings, final=True)
     finally:
         outputs.close()
+    empty = results.get("empty_datasets", [])
+    if empty and not settings.allow_empty:
+        described = "; ".join(
+            f"{name}: 0 masks ({_skips(states[name].skipped, states[name].problems)})"
+            for name in empty
+        )
+        raise EmptyDatasetError(
+            f"{described}. The other datasets' results are in {outputs.dir / RESULTS} (not "
+            "marked complete); fix the data, or pass --allow_empty to accept empty datasets"
+        )
     return results
+
+
+def _skips(skipped: int, problems: list[str]) -> str:
+    if not skipped:
+        return "nothing was skipped: no annotation to evaluate"
+    first = f": {problems[0]}" if problems else ""
+    return f"{skipped} skipped{first}"
 
 
 def _evaluate_sample(predictor, sample: Sample, dataset: str, max_clicks: int, settings):
@@ -387,12 +421,16 @@ def _write_results(out_dir: Path, states, settings: EvalSettings, final: bool) -
     for name, d in datasets.items():
         spec = registry.lookup(name)
         d["paper_sam_minus_ritm"] = spec.paper_delta if spec else None
+    empty = [name for name, d in datasets.items() if d["num_masks"] == 0]
     results = {
         "datasets": datasets,
         "mean_over_datasets": report.mean_over_datasets(datasets, settings.num_clicks),
-        "complete": final,
+        # Complete only when every dataset was scored (or empty ones were accepted).
+        "complete": final and (not empty or settings.allow_empty),
         "settings": settings.identity(),
     }
+    if final and empty:
+        results["empty_datasets"] = empty
     report.write_atomic(out_dir / RESULTS, report.dumps(results))
     report.write_atomic(out_dir / REPORT, report.markdown(results, settings.num_clicks))
     if final:

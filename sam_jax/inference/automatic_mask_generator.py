@@ -405,20 +405,26 @@ class SamAutomaticMaskGenerator:
         self._chunk = min(_CPU_CHUNK, self.points_per_batch) if on_cpu else self.points_per_batch
         self._batch_size = -(-self.points_per_batch // self._chunk) * self._chunk
         self._process_batch = _compiled_batch(sam.module, self._chunk)
+        # What the filters did in the last `generate` call (see `_new_stats`).
+        self.last_stats: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------- public
     def generate(self, image: np.ndarray) -> list[dict[str, Any]]:
         """Masks of an H x W x 3 RGB image (uint8, or float in [0, 1]) as a list of records:
         segmentation (H x W bool array, or an RLE dict per output_mode), area (pixels),
         bbox (XYWH), predicted_iou, point_coords ([[x, y]]), stability_score, crop_box
-        (XYWH), ordered as the reference orders them."""
+        (XYWH), ordered as the reference orders them.
+
+        Afterwards `last_stats` says how many candidate masks each filter removed
+        (`describe_stats` turns it into a sentence)."""
         image = as_uint8_rgb(image)
+        stats = self.last_stats = _new_stats(self)
         orig_h, orig_w = image.shape[:2]
         crop_boxes, layer_idxs = mask_utils.generate_crop_boxes(
             (orig_h, orig_w), self.crop_n_layers, self.crop_overlap_ratio
         )
         parts = [
-            self._process_crop(image, box, layer, (orig_h, orig_w))
+            self._process_crop(image, box, layer, (orig_h, orig_w), stats)
             for box, layer in zip(crop_boxes, layer_idxs)
         ]
         data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "packed"}
@@ -427,6 +433,7 @@ class SamAutomaticMaskGenerator:
             # the same object found in several crops: keep the one from the smallest crop
             scores = 1.0 / mask_utils.box_area(data["crop_boxes"]).astype(np.float32)
             keep = mask_utils.nms(data["boxes"], scores, self.crop_nms_thresh)
+            stats["duplicates"] += len(data["boxes"]) - len(keep)
             data = {k: v[keep] for k, v in data.items()}
             packed = [packed[i] for i in keep]
         masks = [
@@ -434,11 +441,14 @@ class SamAutomaticMaskGenerator:
             for m, box in zip(packed, data["crop_boxes"])
         ]
         if self.min_mask_region_area > 0 and masks:
+            before = len(masks)
             masks, data = self._remove_small_regions(masks, data)
+            stats["duplicates"] += before - len(masks)
+        stats["masks"] = len(masks)
         return self._records(masks, data)
 
     # -------------------------------------------------------------------- internals
-    def _process_crop(self, image, crop_box, layer_idx, orig_size):
+    def _process_crop(self, image, crop_box, layer_idx, orig_size, stats):
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
         crop_h, crop_w = crop.shape[:2]
@@ -471,8 +481,9 @@ class SamAutomaticMaskGenerator:
         step = self.points_per_batch
         kept = {"iou": [], "stability": [], "boxes": [], "points": [], "packed": []}
 
-        def collect(start, out):
+        def collect(start, n_valid, out):
             iou, stability, boxes, keep, packed = jax.device_get(out)
+            _count_filtered(stats, settings, iou[:n_valid], stability[:n_valid], keep[:n_valid])
             idx = np.flatnonzero(keep.reshape(-1))
             if not len(idx):
                 return
@@ -495,7 +506,7 @@ class SamAutomaticMaskGenerator:
             )
             if pending is not None:
                 collect(*pending)
-            pending = (start, out)
+            pending = (start, len(chunk), out)
         if pending is not None:
             collect(*pending)
         self.predictor.reset_image()
@@ -510,6 +521,7 @@ class SamAutomaticMaskGenerator:
                 "points": np.zeros((0, 2)),
             }
         keep = mask_utils.nms(data["boxes"], data["iou"], self.box_nms_thresh)
+        stats["duplicates"] += len(data["boxes"]) - len(keep)
         data = {k: v[keep] for k, v in data.items()}
         data["boxes"] = data["boxes"].astype(np.int64) + np.array([x0, y0, x0, y0])
         data["points"] = data["points"] + np.array([x0, y0])
@@ -557,6 +569,69 @@ class SamAutomaticMaskGenerator:
                 }
             )
         return records
+
+
+def _new_stats(generator: SamAutomaticMaskGenerator) -> dict[str, Any]:
+    """Counts over one `generate` call. candidates: masks decoded (3 per point, all crops);
+    below_pred_iou_thresh / below_stability_score_thresh: candidates failing that filter
+    (each counted on its own; 0 when the filter is off); at_crop_edge: candidates passing
+    both that touch an inner crop edge; duplicates: removed by NMS within and across crops
+    (and after small-region cleanup); masks: what is returned. best_predicted_iou /
+    best_stability_score: the highest values among the candidates (None: no candidate)."""
+    return {
+        "candidates": 0,
+        "below_pred_iou_thresh": 0,
+        "below_stability_score_thresh": 0,
+        "at_crop_edge": 0,
+        "duplicates": 0,
+        "masks": 0,
+        "best_predicted_iou": None,
+        "best_stability_score": None,
+        "pred_iou_thresh": generator.pred_iou_thresh,
+        "stability_score_thresh": generator.stability_score_thresh,
+    }
+
+
+def _count_filtered(stats, settings, iou, stability, keep) -> None:
+    """Add one batch's filter counts; the comparisons repeat the device's in float32."""
+    iou_thresh, use_iou, stab_thresh, use_stab, _ = settings
+    iou_ok = (iou > iou_thresh) | (use_iou == 0)
+    stab_ok = (stability >= stab_thresh) | (use_stab == 0)
+    stats["candidates"] += int(iou.size)
+    stats["below_pred_iou_thresh"] += int(np.count_nonzero(~iou_ok))
+    stats["below_stability_score_thresh"] += int(np.count_nonzero(~stab_ok))
+    stats["at_crop_edge"] += int(np.count_nonzero(iou_ok & stab_ok & ~keep))
+    if iou.size:
+        for key, values in (("best_predicted_iou", iou), ("best_stability_score", stability)):
+            finite = values[np.isfinite(values)]
+            if finite.size:
+                best = float(finite.max())
+                stats[key] = best if stats[key] is None else max(stats[key], best)
+
+
+def describe_stats(stats: dict[str, Any]) -> str:
+    """One line on what the filters of a `generate` call removed, e.g. `0 masks (of 48
+    candidates: 48 below pred_iou_thresh=0.88 (best predicted IoU 0.41), ...)`."""
+    parts = []
+    if stats["below_pred_iou_thresh"]:
+        best = stats["best_predicted_iou"]
+        parts.append(
+            f"{stats['below_pred_iou_thresh']} below pred_iou_thresh={stats['pred_iou_thresh']:g}"
+            + (f" (best predicted IoU {best:.3f})" if best is not None else "")
+        )
+    if stats["below_stability_score_thresh"]:
+        best = stats["best_stability_score"]
+        parts.append(
+            f"{stats['below_stability_score_thresh']} below stability_score_thresh="
+            f"{stats['stability_score_thresh']:g}"
+            + (f" (best stability score {best:.3f})" if best is not None else "")
+        )
+    if stats["at_crop_edge"]:
+        parts.append(f"{stats['at_crop_edge']} at an inner crop edge")
+    if stats["duplicates"]:
+        parts.append(f"{stats['duplicates']} duplicates removed by NMS")
+    detail = ": " + ", ".join(parts) if parts else ""
+    return f"{stats['masks']} masks (of {stats['candidates']} candidates{detail})"
 
 
 def _unpack(packed: np.ndarray, crop_box) -> np.ndarray:

@@ -252,31 +252,69 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict:
     return dict(obj)
 
 
+def check_output_dir(output_dir, overwrite: bool = False) -> Path:
+    """The absolute output path for `save_converted`, or FileExistsError saying why it may
+    not be written: it exists and overwrite is off, or overwrite is on but it is not a
+    converted checkpoint directory (only `sam_config.json` and `params/`, or empty).
+    Nothing else is ever replaced, so a mistyped --output cannot delete unrelated files."""
+    output_dir = Path(output_dir).absolute()
+    if not output_dir.exists() and not output_dir.is_symlink():
+        return output_dir
+    if not overwrite:
+        raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace")
+    if output_dir.is_symlink() or not output_dir.is_dir():
+        kind = "a symbolic link" if output_dir.is_symlink() else "a file"
+        raise FileExistsError(
+            f"{output_dir} is {kind}, not a converted checkpoint; --overwrite only replaces a "
+            "converted checkpoint directory: choose another --output"
+        )
+    names = sorted(p.name for p in output_dir.iterdir())
+    ours = {CONFIG_FILE, PARAMS_DIR}
+    if names and not (set(names) <= ours and is_converted_checkpoint(output_dir)):
+        others = [n for n in names if n not in ours] or names
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise FileExistsError(
+            f"{output_dir} is not a converted checkpoint (it holds {shown}); --overwrite only "
+            f"replaces a directory holding just {CONFIG_FILE} and {PARAMS_DIR}/: choose "
+            "another --output"
+        )
+    return output_dir
+
+
 def save_converted(
     params: Mapping, config: ml_collections.ConfigDict, output_dir, overwrite: bool = False
 ) -> Path:
     """Write params (orbax) and config (JSON) to output_dir, all or nothing.
 
     Everything is written into a temporary sibling directory that is renamed into place
-    only when complete, so a failure never leaves a half-written checkpoint behind.
+    only when complete, so a failure never leaves a half-written checkpoint behind. With
+    overwrite, an existing output_dir is replaced only if it is a converted checkpoint
+    (`check_output_dir`); it is moved aside until the new one is in place.
     """
     import orbax.checkpoint as ocp
 
-    output_dir = Path(output_dir).absolute()
-    if output_dir.exists() and not overwrite:
-        raise FileExistsError(f"{output_dir} exists; pass overwrite=True (--overwrite) to replace")
+    output_dir = check_output_dir(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    old = None
     try:
         with ocp.StandardCheckpointer() as ckptr:
             ckptr.save(tmp / PARAMS_DIR, jax.tree_util.tree_map(np.asarray, params))
         (tmp / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, default=list))
+        check_output_dir(output_dir, overwrite)  # it may have changed while we wrote
         if output_dir.exists():
-            shutil.rmtree(output_dir)
+            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old.", dir=output_dir.parent))
+            output_dir.rename(old / output_dir.name)
         tmp.rename(output_dir)
     except BaseException:
+        if old is not None and not output_dir.exists():
+            (old / output_dir.name).rename(output_dir)  # put the previous checkpoint back
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not any(old.iterdir()):
+            old.rmdir()
         raise
+    if old is not None:
+        shutil.rmtree(old)
     return output_dir
 
 

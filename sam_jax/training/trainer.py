@@ -15,6 +15,7 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +31,11 @@ from sam_jax.data import synthetic
 from sam_jax.data.decode import ExampleSpec
 from sam_jax.data.mask_embeddings import make_embedder
 from sam_jax.data.pipeline import make_dataset
-from sam_jax.io.checkpoint import abstract_params
+from sam_jax.io.checkpoint import CheckpointError, abstract_params
 from sam_jax.modeling import sharding as shd
 from sam_jax.modeling.configs import build_sam
 from sam_jax.training import checkpoints
+from sam_jax.training.config import validate_config
 from sam_jax.training.optimizer import make_optimizer
 from sam_jax.training.step import TrainState, train_step
 
@@ -200,13 +202,40 @@ class _MetricWriter:
         self.tb = None
         if not enabled:
             return
-        self.jsonl = open(workdir / "metrics.jsonl", "a")  # noqa: SIM115 (closed in close())
+        self.path = workdir / "metrics.jsonl"
+        self.jsonl = open(self.path, "a")  # noqa: SIM115 (closed in close())
         try:
             from tensorboardX import SummaryWriter
 
             self.tb = SummaryWriter(str(workdir / "tb"))
         except ImportError:
             log.warning("tensorboardX not installed: no TensorBoard scalars")
+
+    def keep_until(self, step: int) -> None:
+        """Drop the lines of steps after `step` (and a line torn by a crash): a run resumed
+        from checkpoint `step` writes those steps again. The file is replaced atomically."""
+        if not self.enabled:
+            return
+        self.jsonl.close()
+        kept, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                keep = int(json.loads(line)["step"]) <= step
+            except (ValueError, KeyError, TypeError):
+                keep = False
+            if keep:
+                kept.append(line + "\n")
+            else:
+                dropped += 1
+        if dropped:
+            fd, tmp = tempfile.mkstemp(prefix=".metrics.jsonl.", dir=self.path.parent)
+            with os.fdopen(fd, "w") as f:
+                f.write("".join(kept))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+            log.info("dropped %d metrics line(s) after step %d from %s", dropped, step, self.path)
+        self.jsonl = open(self.path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -313,7 +342,7 @@ def _process_data_state(mngr, step: int) -> dict:
     written_by = record.get("process_count") if isinstance(record, dict) else None
     if record is None or written_by not in (None, jax.process_count()):
         by = f"{written_by} processes" if written_by else "a different number of processes"
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint step {step} in {mngr.directory} was written by {by}, and this run "
             f"has {jax.process_count()}: the data-iterator states do not carry over. Resume "
             "with the same number of processes, or train into a new workdir with "
@@ -325,7 +354,7 @@ def _process_data_state(mngr, step: int) -> dict:
 def _restore(mngr, step: int, trainer: Trainer, it):
     data_state = None if jax.process_count() == 1 else _process_data_state(mngr, step)
     if jax.process_count() == 1 and not (Path(mngr.directory) / str(step) / "data").is_dir():
-        raise RuntimeError(
+        raise CheckpointError(
             f"checkpoint step {step} in {mngr.directory} was written by a multi-process run "
             "(its data-iterator states are per process) and this run has one process. Resume "
             "with the same number of processes, or train into a new workdir with "
@@ -334,11 +363,66 @@ def _restore(mngr, step: int, trainer: Trainer, it):
     items = {"state": ocp.args.StandardRestore(trainer.abstract_state)}
     if jax.process_count() == 1:
         items["data"] = ocp.args.JsonRestore()
-    restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    if jax.process_count() == 1:
-        data_state = restored["data"]
-    it.set_state(data_state)
+    try:
+        restored = mngr.restore(step, args=ocp.args.Composite(**items))
+        if jax.process_count() == 1:
+            data_state = restored["data"]
+        it.set_state(data_state)
+    except Exception as e:  # orbax, TensorStore and JSON raise many types for damaged files
+        step_dir = Path(mngr.directory) / str(step)
+        file, reason = checkpoints.describe_restore_error(step_dir, e)
+        raise checkpoints.UnreadableCheckpointError(mngr.directory, step, file, reason) from e
     return restored["state"]
+
+
+def _restore_newest_readable(mngr, trainer: Trainer, it, primary: bool):
+    """(step, state) of the newest checkpoint that restores, or (None, None) when there is
+    none. Unreadable newer steps are moved to `checkpoints_unreadable/` (never deleted),
+    with a line naming the step and the damaged file, once an older one restored. When no
+    step restores, nothing is moved and NoReadableCheckpointError lists every step's
+    problem. A multi-process run stops at the first unreadable step instead (its processes
+    could disagree on which steps they can read)."""
+    # Around all attempts: a failed one's abandoned reads report themselves later on.
+    with checkpoints.quiet_failed_restore():
+        return _try_steps_newest_first(mngr, trainer, it, primary)
+
+
+def _try_steps_newest_first(mngr, trainer: Trainer, it, primary: bool):
+    failures = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            state = _restore(mngr, step, trainer, it)
+        except checkpoints.UnreadableCheckpointError as e:
+            log.debug("%s", e)
+            if jax.process_count() > 1:
+                raise checkpoints.UnreadableCheckpointError(
+                    e.directory,
+                    e.step,
+                    e.file,
+                    f"{e.reason}. Move {e.directory / str(e.step)} out of the way (e.g. to "
+                    f"{checkpoints.UNREADABLE_DIR}/) to resume from the step before it",
+                ) from e
+            failures.append(e)
+            continue
+        for bad in failures:
+            moved = checkpoints.set_aside(mngr.directory, bad.step)
+            if primary:
+                print(
+                    f"warning: {bad}; moved it to {moved} and resuming from step {step}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if failures:
+            mngr.reload()  # forget the moved steps, so that they are saved afresh
+        return step, state
+    if failures:
+        listed = "; ".join(f"step {e.step}: {e.file}: {e.reason}" for e in failures)
+        raise checkpoints.NoReadableCheckpointError(
+            f"no checkpoint in {mngr.directory} is readable ({listed}). Nothing was moved or "
+            "deleted: move the step directories elsewhere to start afresh, or train into a "
+            "new workdir"
+        )
+    return None, None
 
 
 # ---------------------------------------------------------------------------- the loop
@@ -346,27 +430,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     """Train (resuming from `<workdir>/checkpoints` when possible), then evaluate.
 
     Returns {"status": "finished" | "preempted", "step": int, "eval": dict | None}.
-    Raises NonFiniteLossError when the loss becomes NaN/Inf (nothing is saved after it).
+    Raises ConfigError (before any work) for a config mistake, CheckpointError when no
+    checkpoint in the workdir restores, DataError for unusable data, and
+    NonFiniteLossError when the loss becomes NaN/Inf (nothing is saved after it).
     """
     if "://" in str(workdir):
         raise ValueError(
             f"workdir {workdir} is a URL; it must be a filesystem path that every process sees "
             "(local disk for one host; NFS, Filestore or a gcsfuse-mounted bucket for several)"
         )
+    # The whole config, before anything is created or generated (ConfigError).
+    validate_config(config, num_devices=jax.device_count(), num_processes=jax.process_count())
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
-    if config.batch_size % jax.process_count():
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by {jax.process_count()} processes"
-        )
     trainer = Trainer(config)
     mesh = trainer.mesh
-    batch_ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % batch_ways:
-        raise ValueError(
-            f"batch_size {config.batch_size} is not divisible by data x fsdp = {batch_ways}"
-        )
     if primary:
         checkpoints.write_model_config(workdir, config.model)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -403,15 +482,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     status = FINISHED
     try:
         with jax.set_mesh(mesh):
-            latest = mngr.latest_step()
+            latest, state = _restore_newest_readable(mngr, trainer, it, primary)
             if latest is not None:
-                state = _restore(mngr, latest, trainer, it)
                 log.info("resumed from %s at step %d", mngr.directory, latest)
                 if primary:
                     print(f"resuming from checkpoint at step {latest}", flush=True)
             else:
                 state = trainer.init_state(checkpoints.initial_params(config))
             start = int(jax.device_get(state.step))
+            writer.keep_until(start)
             key = jax.random.key(config.seed)
             progress = _Progress(start, config.num_train_steps, primary)
             last_saved = latest
