@@ -21,7 +21,7 @@ from torchvision.ops import nms as torch_nms
 from sam_jax import SamAutomaticMaskGenerator, sam_model_registry
 from sam_jax.cli import amg
 from sam_jax.inference import automatic_mask_generator as amg_module
-from sam_jax.inference import mask_utils
+from sam_jax.inference import mask_utils, point_decoder
 from sam_jax.inference.visualize import show_anns
 from sam_jax.modeling.sam import Sam
 
@@ -223,7 +223,7 @@ def test_decode_points_matches_module_decode(amg_model):
     rng = np.random.default_rng(0)
     features = jnp.asarray(rng.normal(size=(1, e, e, module.prompt_embed_dim)), jnp.float32)
     coords = jnp.asarray(rng.uniform(0, module.image_size, (5, 2)), jnp.float32)
-    ours = jax.jit(lambda p, f, c: amg_module.decode_points(module, p, f, c))
+    ours = jax.jit(lambda p, f, c: point_decoder.decode_points(module, p, f, c))
     low, iou = ours(params, features, coords)
     ref_low, ref_iou = jax.jit(
         lambda p, f, c: module.apply(

@@ -1,4 +1,6 @@
-"""Every attention in the model goes through this file, so fused kernels can be swapped in.
+"""The attention of the Flax modules (image encoder, two-way transformer, CLIP), in one
+place so fused kernels can be swapped in. The automatic mask generator's hand-fused point
+decoder (`sam_jax.inference.point_decoder`) has its own, contracted on the token side.
 
 Layout is heads-first: queries (B, heads, Lq, D), keys (B, heads, Lk, D), values
 (B, heads, Lk, Dv). On XLA:CPU this layout makes the score and value products plain batched
