@@ -34,7 +34,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
     "Config file; its .model section (model_type) picks the model, and its "
-    "data.synthetic_* settings the kind of pictures the 'synthetic' entry draws.",
+    "data.synthetic_* settings and seed the held-out pictures the 'synthetic' entry draws.",
     lock_config=False,
     accept_new_attributes=True,  # an unknown --config.KEY reaches validate_config
 )
@@ -125,6 +125,8 @@ def _settings(config) -> EvalSettings:
         for key in ("synthetic_size", "synthetic_max_objects", "synthetic_classes")
         if key in data
     }
+    if config is not None and "seed" in config:  # the held-out stream of the training seed
+        synthetic["synthetic_seed"] = int(config.seed)
     return EvalSettings(
         datasets=FLAGS.datasets,
         output_dir=FLAGS.output_dir,

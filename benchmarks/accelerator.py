@@ -537,7 +537,7 @@ def task_train(part: _Part, s: dict, name: str) -> None:
     from train_step import example_batch
 
     from sam_jax.io.checkpoint import init_params
-    from sam_jax.training.trainer import Trainer
+    from sam_jax.training.state import Trainer
 
     _device_info(part)
     config = _train_config(name, s)
@@ -593,7 +593,7 @@ def cpu_model_flops(s: dict, name: str) -> float:
     import jax
     from train_step import abstract_step_inputs
 
-    from sam_jax.training.trainer import Trainer
+    from sam_jax.training.state import Trainer
 
     t = Trainer(_train_config(name, s, counting=True), mesh=_one_device_mesh())
     with jax.set_mesh(t.mesh):

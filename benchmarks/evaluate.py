@@ -33,7 +33,6 @@ def main() -> None:
     from sam_jax import SamPredictor, load_sam
     from sam_jax.data.synthetic import make_example
     from sam_jax.evaluation import interactive
-    from sam_jax.evaluation.readers import SYNTHETIC_SEED
 
     model = load_sam(args.model_type, None, dtype=args.dtype)
     predictor = SamPredictor(model, max_batch=args.batch_size)
@@ -49,7 +48,7 @@ def main() -> None:
     predictor.predict_batch = timed_predict_batch
     size = (args.height, args.width)
     examples = [
-        make_example(i, SYNTHETIC_SEED, size, args.max_objects) for i in range(args.images + 1)
+        make_example(i, 0, size, args.max_objects, held_out=True) for i in range(args.images + 1)
     ]
     print(
         f"model {args.model_type} ({args.dtype}, random init), jax {jax.__version__} on "

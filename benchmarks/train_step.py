@@ -55,7 +55,7 @@ def speed(name, config, steps):
     import jax
 
     from sam_jax.io.checkpoint import init_params
-    from sam_jax.training.trainer import Trainer
+    from sam_jax.training.state import Trainer
 
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = -1, 1, 1
     t = Trainer(config)
@@ -102,7 +102,7 @@ def compiled_step_memory(config) -> dict:
     live at once (arguments + output + temporaries - aliased)."""
     import jax
 
-    from sam_jax.training.trainer import Trainer
+    from sam_jax.training.state import Trainer
 
     t = Trainer(config)
     with jax.set_mesh(t.mesh):

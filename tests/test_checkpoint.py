@@ -487,3 +487,36 @@ def test_overrides(converted_dir, tiny_model):
 
 def test_default_registry_entry_is_vit_h():
     assert sam_model_registry["default"].args == ("vit_h",)
+
+
+def test_resolve_is_the_one_reading_of_a_checkpoint_path(tmp_path):
+    from sam_jax.io import resolve
+
+    kind = resolve.checkpoint_kind
+    assert kind(None) == kind("") == resolve.RANDOM
+    with pytest.raises(CheckpointError, match="not found"):
+        kind(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="not a converted checkpoint .* nor a training"):
+        kind(tmp_path)
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"")
+    assert kind(pth) == resolve.PTH
+    (tmp_path / "conv" / "params").mkdir(parents=True)
+    (tmp_path / "conv" / "sam_config.json").write_text("{}")
+    assert kind(tmp_path / "conv") == resolve.CONVERTED
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "sam_config.json").write_text("{}")
+    assert kind(tmp_path / "run") == resolve.WORKDIR
+
+    config, params = resolve.resolve(None, "tiny", seed=3)
+    assert config.model_type == "tiny"
+    save_converted(params, config, tmp_path / "tiny")
+    loaded_config, loaded = resolve.resolve(tmp_path / "tiny")  # the directory's own type
+    assert loaded_config.model_type == "tiny"
+    np.testing.assert_array_equal(
+        loaded["image_encoder"]["pos_embed"], params["image_encoder"]["pos_embed"]
+    )
+    with pytest.raises(CheckpointError, match="holds a 'tiny' model, not 'vit_b'"):
+        resolve.resolve(tmp_path / "tiny", "vit_b")
+    with pytest.raises(ValueError, match="needs a model type"):
+        resolve.resolve(None)

@@ -718,9 +718,16 @@ def test_synthetic_entry_is_held_out_and_deterministic():
     assert len(a.samples) == 3
     img_a, img_b = a.samples[1].read_image(), b.samples[1].read_image()
     np.testing.assert_array_equal(img_a, img_b)
-    train_image, _ = make_example(1, 0)
-    assert not np.array_equal(img_a, train_image)
-    assert len(a.samples[1].read_masks().instances) == len(make_example(1, 1000)[1])
+    held_out, masks = make_example(1, 0, held_out=True)
+    np.testing.assert_array_equal(img_a, held_out)
+    assert len(a.samples[1].read_masks().instances) == len(masks)
+    # no training picture of any seed is a held-out picture of another
+    for seed in range(4):
+        for index in range(4):
+            train_image, _ = make_example(index, seed)
+            assert not np.array_equal(train_image, held_out)
+    _, other = registry.open_dataset("synthetic", None, 3, synthetic_options={"seed": 5})
+    assert not np.array_equal(other.samples[1].read_image(), img_a)
 
 
 def test_synthetic_entry_takes_the_generator_settings():
@@ -728,7 +735,7 @@ def test_synthetic_entry_takes_the_generator_settings():
 
     options = {"size": (160, 200), "max_objects": 3}
     _, plain = registry.open_dataset("synthetic", None, 2, synthetic_options=options)
-    image, masks = make_example(1, 1000, (160, 200), 3)
+    image, masks = make_example(1, 0, (160, 200), 3, held_out=True)
     np.testing.assert_array_equal(plain.samples[1].read_image(), image)
     got = plain.samples[1].read_masks().instances
     assert len(got) == len(masks)
@@ -736,7 +743,7 @@ def test_synthetic_entry_takes_the_generator_settings():
     _, named = registry.open_dataset(
         "synthetic", None, 2, synthetic_options={**options, "classes": True}
     )
-    image, masks, _ = make_class_example(1, 1000, (160, 200), 3)
+    image, masks, _ = make_class_example(1, 0, (160, 200), 3, held_out=True)
     np.testing.assert_array_equal(named.samples[1].read_image(), image)
     assert len(named.samples[1].read_masks().instances) == len(masks)
     with pytest.raises(ValueError, match="max_objects"):

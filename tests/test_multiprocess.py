@@ -24,6 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sam_jax.io.workdir import load_params_from_workdir  # noqa: E402
 from sam_jax.training import checkpoints  # noqa: E402
 
 STEPS = 3
@@ -199,8 +200,8 @@ def test_two_processes_match_one(tmp_path):
         path = multi / checkpoints.CHECKPOINT_DIR / "data_state" / f"{STEPS}.p{i}.json"
         assert json.loads(path.read_text()), path
     # ... holding the parameters the one-process run ended with
-    _, params = checkpoints.load_params_from_workdir(multi)
-    _, ref_params = checkpoints.load_params_from_workdir(single)
+    _, params = load_params_from_workdir(multi)
+    _, ref_params = load_params_from_workdir(single)
     flat = flax.traverse_util.flatten_dict(params)
     ref_flat = flax.traverse_util.flatten_dict(ref_params)
     assert flat.keys() == ref_flat.keys()

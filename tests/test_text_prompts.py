@@ -236,7 +236,7 @@ def test_train_step_with_text_prompts_trains_the_projection():
 
 
 def test_text_source_needs_a_text_model():
-    from sam_jax.training.trainer import Trainer
+    from sam_jax.training.state import Trainer
 
     config = _text_train_config()
     config.model.text_embed_dim = 0

@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from configs import tiny  # noqa: E402
+from sam_jax.io.mae import mae_to_encoder  # noqa: E402
+from sam_jax.io.workdir import load_params_from_workdir  # noqa: E402
 from sam_jax.training import checkpoints  # noqa: E402
 from sam_jax.training import trainer as trainer_lib  # noqa: E402
 
@@ -71,7 +73,7 @@ def test_end_to_end(one_run):
 
     model = load_sam("tiny", checkpoint=workdir)
     assert model.image_size == 128
-    _, params = checkpoints.load_params_from_workdir(workdir)
+    _, params = load_params_from_workdir(workdir)
     assert params["image_encoder"]["pos_embed"].shape[1] == 8
 
 
@@ -103,14 +105,16 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, monkeypatch):
     c.checkpoint_every_steps = 1
     # NaN params after one more step -> NaN loss. The config itself refuses a NaN lr, so
     # it is slipped in behind the config check.
-    make_optimizer = trainer_lib.make_optimizer
+    from sam_jax.training import state as state_lib
+
+    make_optimizer = state_lib.make_optimizer
 
     def nan_lr_optimizer(config, *args):
         config = config.copy_and_resolve_references()
         config.optimizer.lr = float("nan")
         return make_optimizer(config, *args)
 
-    monkeypatch.setattr(trainer_lib, "make_optimizer", nan_lr_optimizer)
+    monkeypatch.setattr(state_lib, "make_optimizer", nan_lr_optimizer)
     with pytest.raises(trainer_lib.NonFiniteLossError, match="last good checkpoint"):
         trainer_lib.train_and_evaluate(c, tmp_path)
     mngr = checkpoints.make_manager(tmp_path)
@@ -125,7 +129,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         sys.path.insert(0, {str(ROOT)!r})
         from configs import tiny
         from tests.test_train import small_config
-        from sam_jax.training import trainer, step as step_lib
+        from sam_jax.training import metrics, trainer, step as step_lib
         original = step_lib.train_step
         calls = []
         def wrapped(*a, **k):
@@ -134,12 +138,12 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
         c = small_config(50)
         c.eval.synthetic_images = 0
         # send SIGTERM to ourselves after the first logged step
-        orig_report = trainer._Progress.report
+        orig_report = metrics.Progress.report
         def report(self, record):
             orig_report(self, record)
             if record["step"] == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
-        trainer._Progress.report = report
+        metrics.Progress.report = report
         out = trainer.train_and_evaluate(c, {str(tmp_path)!r})
         print("RESULT", out["status"], out["step"])
         """
@@ -197,7 +201,7 @@ def test_mae_init(tmp_path):
     np.testing.assert_array_equal(
         out["mask_decoder"]["iou_token"]["embedding"], ref["mask_decoder"]["iou_token"]["embedding"]
     )
-    _, unused = checkpoints.mae_to_encoder(sd, params, c.model.encoder_depth)
+    _, unused = mae_to_encoder(sd, params, c.model.encoder_depth)
     assert unused == ["cls_token", "norm.weight"]
 
 
@@ -207,12 +211,12 @@ SHARDED = textwrap.dedent(
     sys.path.insert(0, {root!r})
     import jax
     from tests.test_train import small_config
-    from sam_jax.training import trainer
+    from sam_jax.training import state, trainer
     c = small_config(2)
     c.batch_size = 4
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = {mesh}
     c.eval.synthetic_images = 0
-    t = trainer.Trainer(c)
+    t = state.Trainer(c)
     specs = {{}}
     specs["qkv"] = str(t.param_shardings["image_encoder"]["blocks_0"]["attn"]["qkv"]["kernel"].spec)
     trainer.train_and_evaluate(c, {workdir!r})

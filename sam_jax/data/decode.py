@@ -145,13 +145,35 @@ def _check_rle(rle, h: int, w: int, where: str) -> dict:
     return {"size": size, "counts": counts}
 
 
-def _coco_segmentation(seg, h: int, w: int, where: str) -> dict:
-    if isinstance(seg, list):  # polygons
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        if not polys:
-            raise DataError(f"{where}: no valid polygon")
-        return mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-    return _check_rle(seg, h, w, where)
+def segmentation_to_rle(seg, h: int, w: int, where: str) -> dict:
+    """Compressed RLE of a COCO segmentation: polygons (lists of flat x0, y0, x1, y1, ...
+    coordinates; shorter or odd lists are passed over), an RLE or an uncompressed RLE. The
+    package's one reader of COCO segmentations (training sources and evaluation readers):
+    anything else is a DataError naming `where`."""
+    try:
+        if isinstance(seg, list):
+            polys = [
+                [float(v) for v in p]
+                for p in seg
+                if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+            ]
+            if not polys:
+                raise DataError(f"{where}: no valid polygon")
+            return mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
+        return _check_rle(seg, h, w, where)
+    except DataError:
+        raise
+    except Exception as e:  # pycocotools raises plain exceptions for malformed input
+        raise DataError(f"{where}: invalid segmentation: {e}") from None
+
+
+def decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
+    """(H, W) bool mask of a COCO segmentation (see `segmentation_to_rle`)."""
+    rle = segmentation_to_rle(seg, h, w, where)
+    try:
+        return mask_utils.decode(rle).astype(bool)
+    except Exception as e:
+        raise DataError(f"{where}: invalid segmentation: {e}") from None
 
 
 def load_rles(desc: dict, h: int, w: int) -> list[dict]:
@@ -174,7 +196,7 @@ def load_annotations(desc: dict, h: int, w: int) -> tuple[list[dict], list[dict]
         for ann in anns:
             if "segmentation" in ann:
                 where = f"{key} annotation {ann.get('id')}"
-                rles.append(_coco_segmentation(ann["segmentation"], h, w, where))
+                rles.append(segmentation_to_rle(ann["segmentation"], h, w, where))
                 records.append(ann)
         return rles, records
     if loc[0] == "rles":

@@ -78,13 +78,27 @@ def _texture(rows: slice, cols: slice, rng: np.random.Generator) -> np.ndarray:
     return base + rng.normal(0, rng.uniform(3, 15), (*yy.shape, 3))
 
 
+# Pictures drawn for evaluation come from a stream of their own: their random generator's
+# key is one word longer than any training picture's, so no seed and index make a
+# held-out picture equal to a training picture.
+HELD_OUT_STREAM = 2
+
+
+def _rng(key: list[int], held_out: bool) -> np.random.Generator:
+    return np.random.default_rng(key + [HELD_OUT_STREAM] if held_out else key)
+
+
 def make_class_example(
-    index: int, seed: int = 0, size: tuple[int, int] = (256, 320), max_objects: int = 4
+    index: int,
+    seed: int = 0,
+    size: tuple[int, int] = (256, 320),
+    max_objects: int = 4,
+    held_out: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
     """Image (H, W, 3) uint8, visible instance masks and their class names (`CLASSES`):
     2..max_objects objects of distinct classes, plain colours with mild noise, on a grey
-    textured background."""
-    rng = np.random.default_rng([seed, index, 1])
+    textured background. held_out: from the evaluation stream (`HELD_OUT_STREAM`)."""
+    rng = _rng([seed, index, 1], held_out)
     h, w = size
     grey = rng.uniform(70, 180)
     image = grey + rng.normal(0, 6, (h, w, 1)) + np.zeros((h, w, 3))
@@ -127,10 +141,15 @@ def class_embeddings(dim: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def make_example(
-    index: int, seed: int = 0, size: tuple[int, int] = (256, 320), max_objects: int = 8
+    index: int,
+    seed: int = 0,
+    size: tuple[int, int] = (256, 320),
+    max_objects: int = 8,
+    held_out: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Image (H, W, 3) uint8 and the visible instance masks (each (H, W) bool, non-empty)."""
-    rng = np.random.default_rng([seed, index])
+    """Image (H, W, 3) uint8 and the visible instance masks (each (H, W) bool, non-empty).
+    held_out: from the evaluation stream (`HELD_OUT_STREAM`)."""
+    rng = _rng([seed, index], held_out)
     h, w = size
     image = _texture(slice(0, h), slice(0, w), rng)
     owner = np.full((h, w), -1, np.int32)
@@ -150,12 +169,13 @@ def make_picture(
     size: tuple[int, int] = (256, 320),
     max_objects: int = 8,
     classes: bool = False,
+    held_out: bool = False,
 ) -> tuple[np.ndarray, list[np.ndarray], list[str] | None]:
     """One picture of either kind -> (image, masks, class names or None): `make_example`,
     or `make_class_example` with classes=True."""
     if classes:
-        return make_class_example(index, seed, size, max_objects)
-    return (*make_example(index, seed, size, max_objects), None)
+        return make_class_example(index, seed, size, max_objects, held_out)
+    return (*make_example(index, seed, size, max_objects, held_out), None)
 
 
 def sa1b_annotation(

@@ -5,7 +5,7 @@
 drives a whole evaluation with resumable outputs and `report` writes the summaries.
 """
 
-from sam_jax.evaluation.model import load_model, resolve_checkpoint
+from sam_jax.evaluation.model import load_model
 from sam_jax.evaluation.registry import DATASETS, open_dataset
 from sam_jax.evaluation.runner import EvalSettings, run_evaluation
 
@@ -14,6 +14,5 @@ __all__ = [
     "EvalSettings",
     "load_model",
     "open_dataset",
-    "resolve_checkpoint",
     "run_evaluation",
 ]

@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_utils
 
+from sam_jax.data.decode import decode_image, decode_segmentation
 from sam_jax.data.sources import DataError
 
 log = logging.getLogger(__name__)
@@ -96,14 +96,10 @@ class Dataset:
 def read_rgb(path) -> np.ndarray:
     """(H, W, 3) uint8 RGB from an image file, by the package's one image decoder
     (`decode_image`: grey, palette, RGBA converted; 16-bit scaled by its bit depth)."""
-    from sam_jax.data.decode import decode_image
-
     return decode_image(path)
 
 
 def read_rgb_bytes(data: bytes, where: str) -> np.ndarray:
-    from sam_jax.data.decode import decode_image
-
     return decode_image(data, where)
 
 
@@ -178,37 +174,6 @@ class _FileIndex:
 
 
 # ------------------------------------------------------------------- COCO / LVIS JSON
-def decode_segmentation(seg, h: int, w: int, where: str) -> np.ndarray:
-    """(H, W) bool from a COCO segmentation: polygon list, RLE or uncompressed RLE."""
-    try:
-        if isinstance(seg, list):
-            polys = [
-                [float(v) for v in p]
-                for p in seg
-                if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-            ]
-            if not polys:
-                raise DataError(f"{where}: no valid polygon")
-            rle = mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-        elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
-            if [int(v) for v in seg["size"]] != [h, w]:
-                raise DataError(f"{where}: RLE size {seg['size']} does not match image {h}x{w}")
-            counts = seg["counts"]
-            if isinstance(counts, list):
-                rle = mask_utils.frPyObjects(seg, h, w)
-            else:
-                if isinstance(counts, str):
-                    counts = counts.encode("ascii")
-                rle = {"size": [h, w], "counts": counts}
-        else:
-            raise DataError(f"{where}: unknown segmentation type {type(seg).__name__}")
-        return mask_utils.decode(rle).astype(bool)
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{where}: invalid segmentation: {e}") from None
-
-
 def _is_coco(data) -> bool:
     return (
         isinstance(data, dict)
@@ -594,18 +559,12 @@ def youtube_vis_json(name: str, annotation_file: Path, frames_root: Path) -> Dat
 
 
 def polygons_to_mask(polygons: Sequence[Sequence[Sequence[float]]], h: int, w: int, where: str):
-    """Union of polygons given as lists of (x, y) points."""
-    flat = []
-    for poly in polygons:
-        pts = [float(v) for xy in poly for v in xy[:2]]
-        if len(pts) >= 6:
-            flat.append(pts)
+    """Union of polygons given as lists of (x, y) points (VIA, VISOR, WoodScape)."""
+    flat = [[float(v) for xy in poly for v in xy[:2]] for poly in polygons]
+    flat = [p for p in flat if len(p) >= 6]
     if not flat:
         raise DataError(f"{where}: no polygon with 3 or more points")
-    try:
-        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, h, w))).astype(bool)
-    except Exception as e:
-        raise DataError(f"{where}: invalid polygon: {e}") from None
+    return decode_segmentation(flat, h, w, where)
 
 
 def _visor_frame_reader(frames_root: Path, video: str, image_path: str):
@@ -834,20 +793,20 @@ def sa1b(name: str, root: Path) -> Dataset:
     return dataset
 
 
-SYNTHETIC_SEED = 1000  # held out: training uses seed 0
-
-
 def synthetic(
     name: str,
     num_images: int,
-    seed: int = SYNTHETIC_SEED,
+    seed: int = 0,
     size: tuple[int, int] = (256, 320),
     max_objects: int = 8,
     classes: bool = False,
 ) -> Dataset:
-    """Pictures from `sam_jax.data.synthetic.make_picture` (plain, or named objects with
-    classes=True), made on the fly. Give the generator settings a model was trained with
-    (a config's `data.synthetic_*`) to evaluate it on held-out pictures of the same kind."""
+    """Held-out pictures from `sam_jax.data.synthetic.make_picture` (plain, or named
+    objects with classes=True), made on the fly from the evaluation stream of `seed`, which
+    no training picture comes from, whatever the seeds. Give the generator settings and
+    seed a model was trained with (a config's `data.synthetic_*` and `seed`) to evaluate
+    it on held-out pictures of the kind it was trained on: the training loop's own
+    held-out check (`eval.json`) draws exactly these."""
     from sam_jax.data.synthetic import make_picture
 
     if num_images < 1:
@@ -865,7 +824,7 @@ def synthetic(
         # The runner reads the image and then the masks of the same sample: make it once.
         if i not in cache:
             cache.clear()
-            cache[i] = make_picture(i, seed, size, max_objects, classes)[:2]
+            cache[i] = make_picture(i, seed, size, max_objects, classes, held_out=True)[:2]
         return cache[i]
 
     for i in range(num_images):

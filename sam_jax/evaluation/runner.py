@@ -67,6 +67,7 @@ class EvalSettings:
     synthetic_size: tuple[int, int] = (256, 320)
     synthetic_max_objects: int = 8
     synthetic_classes: bool = False
+    synthetic_seed: int = 0  # the training seed: its held-out stream (`readers.synthetic`)
     multimask_all_clicks: bool = False
     fixed_batch_shape: bool = False  # see interactive.evaluate_masks
     checkpoint: str | None = None
@@ -247,6 +248,7 @@ def open_datasets(settings: EvalSettings) -> dict[str, Dataset]:
             settings.data_dir,
             settings.synthetic_images,
             synthetic_options={
+                "seed": settings.synthetic_seed,
                 "size": tuple(settings.synthetic_size),
                 "max_objects": settings.synthetic_max_objects,
                 "classes": settings.synthetic_classes,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from pathlib import Path
 
 import jax
 import ml_collections
 
-from sam_jax.io import checkpoint as ckpt
-from sam_jax.modeling.configs import build_sam, model_config
+from sam_jax.io.resolve import resolve
+from sam_jax.modeling.configs import build_sam
 from sam_jax.modeling.sam import Sam
 
 
@@ -50,33 +49,7 @@ def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> Sa
     backend), whatever a checkpoint's own config recorded: how a model runs is chosen where
     it runs.
     """
-    from sam_jax.training import checkpoints as train_ckpt
-
-    if checkpoint is not None and train_ckpt.is_training_workdir(checkpoint):
-        config, params = train_ckpt.load_params_from_workdir(checkpoint)
-        if config.model_type != model_type:
-            raise ckpt.CheckpointError(
-                f"{checkpoint} holds a {config.model_type!r} model, not {model_type!r}"
-            )
-    elif checkpoint is not None and ckpt.is_converted_checkpoint(checkpoint):
-        config, params = ckpt.load_converted(checkpoint)
-        if config.model_type != model_type:
-            raise ckpt.CheckpointError(
-                f"{checkpoint} holds a {config.model_type!r} model, not {model_type!r}"
-            )
-    else:
-        config = model_config(model_type)
-        if checkpoint is None:
-            params = ckpt.init_params(config, seed)
-        elif Path(checkpoint).is_dir():
-            raise ckpt.CheckpointError(
-                f"{checkpoint} is a directory but not a converted checkpoint "
-                f"(expected {ckpt.CONFIG_FILE} and {ckpt.PARAMS_DIR}/ inside)"
-            )
-        else:
-            state_dict = ckpt.load_torch_state_dict(checkpoint)
-            config.text_embed_dim = ckpt.text_embed_dim_of(state_dict)
-            params = ckpt.convert_state_dict(state_dict, config)
+    config, params = resolve(checkpoint, model_type, seed=seed)
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}")

@@ -1,0 +1,46 @@
+"""The end-of-run check of a training run: interactive mIoU on held-out synthetic pictures
+(`eval.json`), run by the evaluation harness exactly as `evaluate.py --config=CONFIG
+--checkpoint=WORKDIR --datasets=synthetic` runs it: the same pictures (the evaluation
+stream of the training seed, which no training picture comes from) and the same clicks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ml_collections
+
+from sam_jax.evaluation.runner import EvalSettings, run_evaluation
+from sam_jax.inference.build import SamModel
+from sam_jax.modeling.configs import build_sam
+
+EVAL_DIR = "eval"  # the harness's files of the check (records.jsonl, results.md, ...)
+
+
+def evaluate_held_out(config: ml_collections.ConfigDict, params, workdir) -> dict:
+    """The harness's summary of the `synthetic` dataset (`miou`, `oracle_miou`: the best
+    of the three first-click outputs, `num_masks`, ...) plus the seed; with text prompts on
+    synthetic named objects, also the text-prompt evaluation (`text`)."""
+    e, d = config.eval, config.data
+    model = SamModel(build_sam(config.model), params, config.model)
+    settings = EvalSettings(
+        datasets=["synthetic"],
+        output_dir=str(Path(workdir) / EVAL_DIR),
+        num_clicks=tuple(int(k) for k in e.num_clicks),
+        synthetic_images=e.synthetic_images,
+        synthetic_size=tuple(d.synthetic_size),
+        synthetic_max_objects=d.synthetic_max_objects,
+        synthetic_classes=d.synthetic_classes,
+        synthetic_seed=config.seed,
+        model_type=config.model.model_type,
+        overwrite=True,  # the check of these weights, not a resumed earlier one
+    )
+    result = dict(run_evaluation(settings, model)["datasets"]["synthetic"])
+    result.pop("paper_sam_minus_ritm", None)
+    result["seed"] = config.seed
+    if d.synthetic_classes and config.model.text_embed_dim:
+        from sam_jax.evaluation.text_prompts import evaluate_text_prompts
+
+        result["text"] = evaluate_text_prompts(
+            model, e.synthetic_images, config.seed, tuple(d.synthetic_size), d.synthetic_max_objects
+        )
+    return result
