@@ -1,16 +1,16 @@
 """Shared fixtures: a tiny random-init reference `Sam`, our model with the same weights, and
-predictors of both holding the embedding of one real, non-square image."""
+predictors of both holding the embedding of one real, non-square image.
+
+The test-only packages (torch, segment-anything, scikit-image) are imported inside the
+fixtures, so that tests/test_torch_free.py runs where only requirements.txt is installed."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import numpy as np
 import pytest
-import torch
-from reference import build_reference, model_from_reference
-from segment_anything import SamPredictor as RefPredictor
-from skimage import data
 
 from sam_jax import SamPredictor
 
@@ -23,16 +23,23 @@ OUTPUT_SCALE = 10.0
 @pytest.fixture(scope="session", autouse=True)
 def _deterministic_torch():
     # Weights and inputs are seeded explicitly; this covers anything torch draws implicitly.
-    torch.manual_seed(SEED)
+    if importlib.util.find_spec("torch") is not None:  # absent in the torch-free CI step
+        import torch
+
+        torch.manual_seed(SEED)
 
 
 @pytest.fixture(scope="session")
 def tiny_ref():
+    from reference import build_reference
+
     return build_reference(TINY, seed=SEED, output_scale=OUTPUT_SCALE)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_ref):
+    from reference import model_from_reference
+
     return model_from_reference(tiny_ref, TINY)
 
 
@@ -40,6 +47,8 @@ def tiny_model(tiny_ref):
 def image() -> np.ndarray:
     """A 300 x 450 RGB crop: not square and not the model size, so the resize, the
     bottom/right padding and the crop in post-processing all do something."""
+    from skimage import data
+
     img = data.astronaut()[100:400, 31:481]
     assert img.shape == (300, 450, 3) and img.dtype == np.uint8
     return np.ascontiguousarray(img)
@@ -47,6 +56,9 @@ def image() -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def ref_predictor(tiny_ref, image):
+    import torch
+    from segment_anything import SamPredictor as RefPredictor
+
     p = RefPredictor(tiny_ref)
     with torch.no_grad():
         p.set_image(image)
