@@ -457,6 +457,24 @@ def decode_hypersim(path, shape):
             yield str(int(v)), ids == v
 
 
+def paired_label_maps(
+    name: str,
+    images: Iterable[Path],
+    label_for: Callable[[Path], Path],
+    root: Path,
+    decode: Callable[[object, tuple[int, int]], Iterable[tuple[str, np.ndarray]]],
+    layout: str = "",
+) -> Dataset:
+    """`label_maps` over the images whose label file exists (`pair_by_stem`); each image
+    without one is a skip of the index, named."""
+    items, missing = pair_by_stem(images, label_for, root)
+    dataset = label_maps(name, items, decode)
+    dataset.layout = layout
+    for message in missing:
+        dataset.skip(message)
+    return dataset
+
+
 def pair_by_stem(
     images: Iterable[Path], label_for: Callable[[Path], Path], root: Path
 ) -> tuple[list[tuple[str, Path, Path]], list[str]]:

@@ -103,18 +103,18 @@ def read_ppdls(root: Path) -> Dataset:
             f"PPDLS: expected CVPPP2017_LSC_training/training/A1..A3/*_label.png under {root}"
         )
     images = [p for d in folders for p in d.glob("*_rgb.png")]
-    items, missing = readers.pair_by_stem(
-        images, lambda p: p.with_name(p.name[: -len("_rgb.png")] + "_label.png"), root
+    return readers.paired_label_maps(
+        "PPDLS",
+        images,
+        lambda p: p.with_name(p.name[: -len("_rgb.png")] + "_label.png"),
+        root,
+        readers.decode_instance_png(),
+        layout=(
+            "CVPPP 2017 LSC training " + "+".join(names)
+            if subsets
+            else "2015 Plant/ tree (not the paper's A1-A3 subset)"
+        ),
     )
-    ds = readers.label_maps("PPDLS", items, readers.decode_instance_png())
-    ds.layout = (
-        "CVPPP 2017 LSC training " + "+".join(names)
-        if subsets
-        else "2015 Plant/ tree (not the paper's A1-A3 subset)"
-    )
-    for m in missing:
-        ds.skip(m)
-    return ds
 
 
 def read_bbbc038(root: Path) -> Dataset:
@@ -343,14 +343,14 @@ def read_ade20k(root: Path) -> Dataset:
         unique.setdefault(p.name, p)
     if not unique:
         raise DataError(f"ADE20K: no images/ADE/validation/**/ADE_val_*.jpg under {root}")
-    items, missing = readers.pair_by_stem(
-        unique.values(), lambda p: p.with_name(p.stem + "_seg.png"), root
+    return readers.paired_label_maps(
+        "ADE20K",
+        unique.values(),
+        lambda p: p.with_name(p.stem + "_seg.png"),
+        root,
+        readers.decode_ade20k,
+        layout="images/ADE/validation/**/ADE_val_*.jpg + _seg.png / _parts_N.png",
     )
-    ds = readers.label_maps("ADE20K", items, readers.decode_ade20k)
-    ds.layout = "images/ADE/validation/**/ADE_val_*.jpg + _seg.png / _parts_N.png"
-    for m in missing:
-        ds.skip(m)
-    return ds
 
 
 def read_ovis(root: Path) -> Dataset:
@@ -413,12 +413,14 @@ def read_hypersim(root: Path) -> Dataset:
         frame = p.name.replace(".tonemap.jpg", ".semantic_instance.hdf5")
         return p.parent.parent / cam / frame
 
-    items, missing = readers.pair_by_stem(images, label_for, root)
-    ds = readers.label_maps("Hypersim", items, readers.decode_hypersim)
-    ds.layout = f"{len(scenes)} scene folders ai_VVV_NNN/images/"
-    for m in missing:
-        ds.skip(m)
-    return ds
+    return readers.paired_label_maps(
+        "Hypersim",
+        images,
+        label_for,
+        root,
+        readers.decode_hypersim,
+        layout=f"{len(scenes)} scene folders ai_VVV_NNN/images/",
+    )
 
 
 def read_ndispark(root: Path) -> Dataset:
@@ -514,14 +516,14 @@ def read_egohos(root: Path, prefixes: tuple[str, ...] = ("ego4d", "thu")) -> Dat
             f"EgoHOS: no frame in {split} starts with {'/'.join(prefixes)} (the Ego4D and "
             f"THU-READ frames); names there start with: {', '.join(found[:10]) or 'nothing'}"
         )
-    items, missing = readers.pair_by_stem(
-        chosen, lambda p: split.parent / "label" / (p.stem + ".png"), root
+    return readers.paired_label_maps(
+        "EgoHOS",
+        chosen,
+        lambda p: split.parent / "label" / (p.stem + ".png"),
+        root,
+        readers.decode_instance_png(),
+        layout=f"{split.relative_to(root)} + label/ ({len(chosen)} of {len(images)} frames)",
     )
-    ds = readers.label_maps("EgoHOS", items, readers.decode_instance_png())
-    ds.layout = f"{split.relative_to(root)} + label/ ({len(chosen)} of {len(images)} frames)"
-    for m in missing:
-        ds.skip(m)
-    return ds
 
 
 def read_ibd(root: Path) -> Dataset:
@@ -544,14 +546,14 @@ def read_ibd(root: Path) -> Dataset:
     if train:
         img_dir = train[0]
         images = [p for p in img_dir.iterdir() if p.suffix.lower() in readers.IMAGE_EXTENSIONS]
-        items, missing = readers.pair_by_stem(
-            images, lambda p: img_dir.parent / "train_labels" / (p.stem + ".png"), root
+        return readers.paired_label_maps(
+            "IBD",
+            images,
+            lambda p: img_dir.parent / "train_labels" / (p.stem + ".png"),
+            root,
+            readers.decode_instance_png(),
+            layout=f"{img_dir.relative_to(root)}/ + train_labels/ instance-id PNGs",
         )
-        ds = readers.label_maps("IBD", items, readers.decode_instance_png())
-        ds.layout = f"{img_dir.relative_to(root)}/ + train_labels/ instance-id PNGs"
-        for m in missing:
-            ds.skip(m)
-        return ds
     if readers.find_coco_files(root, ["**/*train*.json"]):
         ds = _coco("IBD", root, ["**/*train*.json"])
         ds.layout = "COCO JSON *train*.json"
@@ -599,11 +601,9 @@ def read_cityscapes(root: Path) -> Dataset:
         stem = p.name[: -len("_leftImg8bit.png")]
         return root / "gtFine" / "val" / p.parent.name / f"{stem}_gtFine_instanceIds.png"
 
-    items, missing = readers.pair_by_stem(images, label_for, root)
-    ds = readers.label_maps("Cityscapes", items, readers.decode_cityscapes_panoptic)
-    for m in missing:
-        ds.skip(m)
-    return ds
+    return readers.paired_label_maps(
+        "Cityscapes", images, label_for, root, readers.decode_cityscapes_panoptic
+    )
 
 
 def read_pidray(root: Path) -> Dataset:
@@ -648,14 +648,14 @@ def read_dram(root: Path) -> Dataset:
     images = [p for p in test.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
     if not images:
         raise DataError(f"DRAM: no images under {test}")
-    items, missing = readers.pair_by_stem(
-        images, lambda p: labels / p.relative_to(test).with_suffix(".png"), root
+    return readers.paired_label_maps(
+        "DRAM",
+        images,
+        lambda p: labels / p.relative_to(test).with_suffix(".png"),
+        root,
+        readers.decode_instance_png(background=(0, 255)),
+        layout=f"{test.relative_to(root) if test != root / 'test' else 'test'}/ + labels/",
     )
-    ds = readers.label_maps("DRAM", items, readers.decode_instance_png(background=(0, 255)))
-    ds.layout = f"{test.relative_to(root) if test != root / 'test' else 'test'}/ + labels/"
-    for m in missing:
-        ds.skip(m)
-    return ds
 
 
 def read_trashcan(root: Path) -> Dataset:
@@ -699,14 +699,14 @@ def read_gtea(root: Path) -> Dataset:
             f"GTEA: expected Images/ beside Masks/ (the GTEA part of hand2K) under {root}"
         )
     images = [p for p in (base / "Images").iterdir() if p.suffix.lower() in (".jpg", ".png")]
-    items, missing = readers.pair_by_stem(
-        images, lambda p: base / "Masks" / (p.stem + ".png"), root
+    return readers.paired_label_maps(
+        "GTEA",
+        images,
+        lambda p: base / "Masks" / (p.stem + ".png"),
+        root,
+        readers.decode_instance_png(),
+        layout=f"{base.relative_to(root) / 'Images' if base != root else 'Images'}/ + Masks/",
     )
-    ds = readers.label_maps("GTEA", items, readers.decode_instance_png())
-    ds.layout = f"{base.relative_to(root) / 'Images' if base != root else 'Images'}/ + Masks/"
-    for m in missing:
-        ds.skip(m)
-    return ds
 
 
 # --------------------------------------------------------------------------- registry
