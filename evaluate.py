@@ -1,4 +1,4 @@
-"""Zero-shot interactive segmentation evaluation (the SAM paper's point-prompt protocol).
+"""Zero-shot evaluation: the SAM paper's point-prompt protocol, and its other transfer tasks.
 
     python evaluate.py --config=configs/vit_b.py --checkpoint=sam_vit_b_01ec64.pth \
         --datasets=LVIS,DRAM --data_dir=/data/sam_eval --output_dir=/tmp/eval
@@ -7,6 +7,17 @@
         --datasets=synthetic --output_dir=/tmp/eval_synthetic
 
     python evaluate.py --inventory --datasets=all --data_dir=/data/sam_eval
+
+    python evaluate.py --task=instances --boxes=vitdet_h_coco_val2017.json \
+        --datasets=COCO2017 --data_dir=/data/sam_eval --config=configs/vit_h.py \
+        --checkpoint=sam_vit_h_4b8939.pth --output_dir=/tmp/eval_instances
+    python evaluate.py --task=proposals --datasets=LVISv1 ...   # class-agnostic AR@1000
+    python evaluate.py --task=edges --datasets=BSDS500 ...      # ODS / OIS / AP / R50
+    python evaluate.py --task=text --clip_checkpoint=ViT-L-14-336.pt ...
+
+--task=points (the default) is the click protocol on the 23 datasets; the other tasks are
+the paper's section 7 (`sam_jax/evaluation/tasks.py`), each writing its folder under
+--output_dir, resumable, with results in results.json under datasets.<name>.<task>.
 
 Writes results.json, records.jsonl, results.md and miou_vs_clicks.png to --output_dir,
 and resumes there after an interruption. Dataset layouts: `sam_jax/evaluation/registry.py`.
@@ -26,7 +37,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sam_jax.evaluation import EvalSettings, inventory, load_model, run_evaluation
+from sam_jax.evaluation import EvalSettings, inventory, load_model, run_evaluation, tasks
 from sam_jax.evaluation.runner import open_datasets
 from sam_jax.training.config import ConfigError, override_error, validate_config
 
@@ -37,6 +48,30 @@ _CONFIG = config_flags.DEFINE_config_file(
     "data.synthetic_* settings and seed the held-out pictures the 'synthetic' entry draws.",
     lock_config=False,
     accept_new_attributes=True,  # an unknown --config.KEY reaches validate_config
+)
+flags.DEFINE_enum(
+    "task",
+    "points",
+    list(tasks.TASKS),
+    "points: the click protocol; instances: masks from detector boxes (--boxes), mask AP; "
+    "proposals: automatic masks, class-agnostic AR@1000; edges: BSDS500 ODS/OIS/AP/R50; "
+    "text: instances prompted by CLIP text embeddings of their category names.",
+)
+flags.DEFINE_string(
+    "boxes",
+    None,
+    "--task=instances: detections in COCO results format (JSON list of "
+    "{image_id, category_id, bbox [x, y, w, h], score}).",
+)
+flags.DEFINE_integer("max_images", 0, "Other tasks than points: only the first N images (0: all).")
+flags.DEFINE_string(
+    "clip_checkpoint",
+    None,
+    "--task=text: an open_clip / OpenAI CLIP checkpoint for the text embeddings of category names.",
+)
+flags.DEFINE_string("text_template", "{}", "--task=text: the phrase for a category name.")
+flags.DEFINE_integer(
+    "max_proposals", 1000, "--task=proposals: masks kept per image (the paper's AR@1000)."
 )
 flags.DEFINE_string(
     "checkpoint", None, "A .pth state dict or a converted checkpoint directory (none: random)."
@@ -168,11 +203,63 @@ def _inventory() -> int:
     return 0
 
 
+def _run_task(config) -> None:
+    """--task other than points."""
+    datasets = FLAGS.datasets if FLAGS["datasets"].present else []
+    settings = tasks.TaskSettings(
+        task=FLAGS.task,
+        datasets=datasets,
+        output_dir=FLAGS.output_dir,
+        data_dir=FLAGS.data_dir,
+        boxes=FLAGS.boxes,
+        batch_size=FLAGS.batch_size if FLAGS["batch_size"].present else 64,
+        max_images=FLAGS.max_images,
+        checkpoint=FLAGS.checkpoint,
+        overwrite=FLAGS.overwrite,
+        max_proposals=FLAGS.max_proposals,
+        text_template=FLAGS.text_template,
+    )
+    tasks.open_all(settings)  # data mistakes surface before the model loads
+    if settings.task == "text" and not FLAGS.clip_checkpoint:
+        raise ValueError(
+            "--task=text needs --clip_checkpoint (CLIP weights for the text embeddings)"
+        )
+    model = load_model(config.model if config is not None else None, FLAGS.checkpoint, FLAGS.seed)
+    settings.model_type = model.model_type
+    encoder = None
+    if settings.task == "text":
+        from sam_jax.inference.text import ClipEncoder
+
+        encoder = ClipEncoder.from_checkpoint(FLAGS.clip_checkpoint)
+    results = tasks.run_task(settings, model, text_encoder=encoder)
+    for name, d in results["datasets"].items():
+        if settings.task in d:
+            summary = {k: v for k, v in d[settings.task].items() if isinstance(v, float)}
+            logging.info(
+                "%s %s: %s", name, settings.task, {k: round(v, 4) for k, v in summary.items()}
+            )
+
+
 def main(argv):
     if len(argv) > 1:
         _error(f"unexpected arguments: {' '.join(argv[1:])}")
     if FLAGS.inventory:
         return _inventory()
+    if FLAGS.task != "points":
+        if not FLAGS.output_dir:
+            _error("--output_dir is required")
+        config = _CONFIG.value
+        try:
+            if config is not None:
+                validate_config(config, training=False)
+            _run_task(config)
+        except ConfigError as e:
+            _error(e)
+        except (ValueError, RuntimeError) as e:
+            _error(" ".join(str(e).split()))
+        return 0
+    if FLAGS.boxes:
+        _error("--boxes is for --task=instances")
     if not FLAGS.output_dir:
         _error("--output_dir is required (or --inventory)")
     config = _CONFIG.value

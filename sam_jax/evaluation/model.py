@@ -7,15 +7,12 @@ import logging
 
 import ml_collections
 
-from sam_jax.inference.build import SamModel, load_sam
+from sam_jax.inference.build import RUNTIME_KEYS, SamModel, load_sam
 from sam_jax.io import checkpoint as ckpt
 from sam_jax.io import resolve
 from sam_jax.modeling.configs import build_sam
 
 log = logging.getLogger(__name__)
-
-# Model config keys that change how the model runs but not its parameters.
-_RUNTIME_KEYS = ("dtype", "attention_impl")
 
 
 def load_model(
@@ -35,7 +32,7 @@ def load_model(
         if kind not in (resolve.CONVERTED, resolve.WORKDIR):
             raise ValueError("--config is needed unless --checkpoint is a checkpoint directory")
         return load_sam(ckpt.load_config(checkpoint).model_type, checkpoint)
-    overrides = {k: model_cfg[k] for k in _RUNTIME_KEYS if k in model_cfg}
+    overrides = {k: model_cfg[k] for k in RUNTIME_KEYS if k in model_cfg}
     if kind != resolve.RANDOM:
         return load_sam(model_cfg.model_type, checkpoint, **overrides)
     log.warning(

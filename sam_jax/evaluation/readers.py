@@ -303,6 +303,23 @@ def _coco_image_reader(roots, indexes, names):
     return read
 
 
+_INDEXES: dict[Path, _FileIndex] = {}
+
+
+def coco_image(img: dict, roots: Sequence[Path]) -> np.ndarray:
+    """The picture of a COCO-style image entry, looked up under `roots` as `coco_json`
+    does (DataError when it is missing or unreadable)."""
+    roots = [Path(r) for r in roots]
+    indexes = [_INDEXES.setdefault(r, _FileIndex(r)) for r in roots]
+    try:
+        names = image_file_names(img)
+    except KeyError:
+        raise DataError(
+            f"image entry {img.get('id')!r} has neither file_name nor coco_url"
+        ) from None
+    return _coco_image_reader(roots, indexes, names)()
+
+
 def _coco_masks_reader(anns, h, w, key):
     def read():
         problems, pairs = [], []

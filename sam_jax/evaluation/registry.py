@@ -8,6 +8,10 @@ the address in its docstring (most need a licence agreement or a form).
 
 Entries besides the registry names (see `open_dataset`): `synthetic`, `sa1b:DIR` and
 `coco:ANN_JSON:IMAGE_DIR`.
+
+The downstream tasks' datasets (paper section 7; `DOWNSTREAM`) read the same way from
+`<data_dir>/<NAME>/`: COCO2017 and LVISv1 (instances, proposals, text) and BSDS500
+(edges); their counts are the releases' own, not a table of the paper's.
 """
 
 from __future__ import annotations
@@ -28,10 +32,10 @@ log = logging.getLogger(__name__)
 class DatasetSpec:
     name: str
     domain: str
-    paper_delta: float
+    paper_delta: float | None  # None: not one of the 23 (a downstream task's dataset)
     split: str
-    paper_images: int
-    paper_masks: int
+    paper_images: int | None
+    paper_masks: int | None
     fmt: str  # which shared reader
     read: Callable[[Path], Dataset]
 
@@ -834,12 +838,149 @@ DATASETS: dict[str, DatasetSpec] = {
     ]
 }
 
+
+# ------------------------------------------------------------- downstream task datasets
+def locate_coco2017(root: Path) -> tuple[Path, list[Path]]:
+    """(annotation file, image folders) of COCO 2017 val under root."""
+    files = readers.find_coco_files(
+        root,
+        [
+            "annotations/instances_val2017.json",
+            "instances_val2017.json",
+            "**/instances_val2017.json",
+        ],
+    )
+    if not files:
+        raise DataError(f"COCO2017: annotations/instances_val2017.json not found under {root}")
+    images = _first_dir(root, ["val2017", "images/val2017", "**/val2017"])
+    if images is None:
+        raise DataError(f"COCO2017: image folder val2017/ not found under {root}")
+    return files[0], [images]
+
+
+def read_coco2017(root: Path) -> Dataset:
+    """COCO 2017 validation: the instances task (paper 7.4) and text prompts (7.5).
+
+    Obtain: https://cocodataset.org/#download (annotations_trainval2017.zip, val2017.zip).
+    Layout, as the two zips extract:
+        COCO2017/annotations/instances_val2017.json
+        COCO2017/val2017/000000000139.jpg
+    Crowd regions are not read as instances (they are ignored by COCOeval too).
+    """
+    ann, images = locate_coco2017(root)
+    dataset = readers.coco_json("COCO2017", [ann], images)
+    dataset.layout = f"COCO JSON {ann.relative_to(root)} + {images[0].relative_to(root)}/"
+    return dataset
+
+
+def locate_lvis_v1(root: Path) -> tuple[Path, list[Path]]:
+    """(annotation file, image folders) of LVIS v1 val under root; its images are COCO
+    2017 train and val pictures, found by each entry's `coco_url`."""
+    files = readers.find_coco_files(
+        root, ["lvis_v1_val.json", "annotations/lvis_v1_val.json", "**/lvis_v1_val.json"]
+    )
+    if not files:
+        raise DataError(f"LVISv1: lvis_v1_val.json not found under {root}")
+    folders = [
+        p
+        for name in ("val2017", "train2017")
+        for p in (root / name, root / "images" / name, root.parent / "COCO2017" / name)
+        if p.is_dir()
+    ]
+    if not folders:
+        raise DataError(
+            f"LVISv1: no COCO 2017 image folder (val2017/ or train2017/) under {root} or "
+            f"{root.parent / 'COCO2017'}"
+        )
+    return files[0], folders
+
+
+def read_lvis_v1(root: Path) -> Dataset:
+    """LVIS v1 validation: the proposals (paper 7.3) and instances (7.4) tasks.
+
+    Obtain: https://www.lvisdataset.org/dataset (lvis_v1_val.json.zip) and the COCO 2017
+    train and val images (cocodataset.org): LVIS v1 val draws its pictures from both.
+    Layout:
+        LVISv1/lvis_v1_val.json
+        LVISv1/val2017/000000397133.jpg  LVISv1/train2017/000000000009.jpg
+    (or the image folders of a sibling COCO2017/). Images are found by the URL's
+    `val2017/<name>` / `train2017/<name>` (LVIS v1 has no file_name).
+    """
+    ann, folders = locate_lvis_v1(root)
+    dataset = readers.coco_json("LVISv1", [ann], [root, *folders])
+    dataset.layout = f"LVIS JSON {ann.relative_to(root)} + " + ", ".join(
+        f"{f.name}/" for f in folders
+    )
+    return dataset
+
+
+def locate_bsds500(root: Path) -> tuple[Path, Path]:
+    """(test image folder, test ground-truth folder) of BSDS500 under root."""
+    for base in [root, *sorted(p.parent for p in root.glob("**/groundTruth") if p.is_dir())]:
+        images, truth = base / "images" / "test", base / "groundTruth" / "test"
+        if images.is_dir() and truth.is_dir():
+            return images, truth
+    raise DataError(
+        f"BSDS500: no images/test/ beside groundTruth/test/ under {root} (extract "
+        "BSR_bsds500.tgz there: BSR/BSDS500/data/...)"
+    )
+
+
+def read_bsds500(root: Path) -> Dataset:
+    """BSDS500 test set: the edges task (paper 7.2), 200 images with 4-9 human boundary maps.
+
+    Obtain: BSR_bsds500.tgz from the Berkeley segmentation resources page
+    (https://www2.eecs.berkeley.edu/Research/Projects/CS/vision/grouping/resources.html).
+    Layout, as the archive extracts:
+        BSDS500/BSR/BSDS500/data/images/test/100007.jpg
+        BSDS500/BSR/BSDS500/data/groundTruth/test/100007.mat
+    Each .mat holds `groundTruth`, a cell array of structs with `Segmentation` and
+    `Boundaries`; a sample's masks are the annotators' boundary maps.
+    """
+    from sam_jax.evaluation import bsds
+
+    images, truth = locate_bsds500(root)
+    dataset = Dataset("BSDS500", [], layout=f"{images.relative_to(root)}/ + groundTruth/test/*.mat")
+    for path in sorted(images.iterdir()):
+        if path.suffix.lower() not in readers.IMAGE_EXTENSIONS:
+            continue
+        mat = truth / (path.stem + ".mat")
+        if not mat.is_file():
+            dataset.skip(f"{path.name}: no ground-truth file {mat}")
+            continue
+
+        def read_masks(mat=mat, key=path.stem):
+            maps = bsds.read_ground_truth(mat)
+            return readers.Annotations([(f"{key}/{i + 1}", m) for i, m in enumerate(maps)])
+
+        dataset.samples.append(
+            readers.Sample(path.stem, lambda p=path: readers.read_rgb(p), read_masks)
+        )
+    return dataset
+
+
+# The downstream datasets; their counts are the releases' (val / test splits).
+DOWNSTREAM: dict[str, DatasetSpec] = {
+    s.name: s
+    for s in [
+        DatasetSpec(
+            "COCO2017", "objects", None, "val2017", 5000, 36781, "COCO JSON", read_coco2017
+        ),
+        DatasetSpec(
+            "LVISv1", "objects", None, "val (v1)", 19809, 244707, "LVIS JSON", read_lvis_v1
+        ),
+        DatasetSpec(
+            "BSDS500", "edges", None, "test", 200, None, "images + .mat boundaries", read_bsds500
+        ),
+    ]
+}
+
 # Averages over the 23 datasets for SAM ViT-H (SAM 2 paper), keyed by clicks.
 PAPER_MEAN_MIOU = {1: 58.1, 5: 81.3}
 
 
 def lookup(name: str) -> DatasetSpec | None:
-    for spec in DATASETS.values():
+    for spec in (*DATASETS.values(), *DOWNSTREAM.values()):
         if spec.name.lower() == name.lower():
             return spec
     return None
@@ -882,8 +1023,8 @@ def open_dataset(
     spec = lookup(entry)
     if spec is None:
         raise DataError(
-            f"unknown dataset {entry!r}; choose from {', '.join(DATASETS)}, synthetic, "
-            "sa1b:DIR or coco:ANN_JSON:IMAGE_DIR"
+            f"unknown dataset {entry!r}; choose from {', '.join([*DATASETS, *DOWNSTREAM])}, "
+            "synthetic, sa1b:DIR or coco:ANN_JSON:IMAGE_DIR"
         )
     if data_dir is None:
         raise DataError(f"{spec.name} needs --data_dir (expected <data_dir>/{spec.name}/)")

@@ -102,7 +102,7 @@ def markdown(results: dict, num_clicks: tuple[int, ...]) -> str:
     ]
     for name, d in results["datasets"].items():
         spec = registry.lookup(name)
-        delta = f"{spec.paper_delta:+.1f}" if spec else ""
+        delta = f"{spec.paper_delta:+.1f}" if spec and spec.paper_delta is not None else ""
         row = [name, str(d["num_masks"]), str(d["skipped"])]
         row += [_pct(d["miou"].get(k)) for k in ks]
         row += [_pct(d["oracle_miou"].get("1")), delta]

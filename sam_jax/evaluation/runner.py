@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sam_jax.data.sources import DataError
-from sam_jax.evaluation import interactive, inventory, registry, report
+from sam_jax.evaluation import interactive, inventory, registry, report, tasks
 from sam_jax.evaluation.readers import Dataset, Sample
 from sam_jax.inference.build import SamModel
 from sam_jax.inference.predictor import SamPredictor
@@ -433,11 +433,32 @@ def _write_results(out_dir: Path, states, settings: EvalSettings, final: bool) -
     }
     if final and empty:
         results["empty_datasets"] = empty
+    text = report.markdown(results, settings.num_clicks)
+    plotted = {**results, "datasets": dict(datasets)}
+    if _keep_other_tasks(out_dir / RESULTS, results):
+        text += "\n" + tasks.task_markdown(results)
     report.write_atomic(out_dir / RESULTS, report.dumps(results))
-    report.write_atomic(out_dir / REPORT, report.markdown(results, settings.num_clicks))
+    report.write_atomic(out_dir / REPORT, text)
     if final:
         try:
-            report.plot(results, settings.num_clicks, out_dir / PLOT)
+            report.plot(plotted, settings.num_clicks, out_dir / PLOT)
         except Exception as e:  # a plotting problem must not cost the run its results
             log.warning("could not draw %s: %s", PLOT, e)
     return results
+
+
+def _keep_other_tasks(path: Path, results: dict) -> bool:
+    """Carry what the other tasks (`tasks`) wrote into the same results.json over to its
+    new version; whether there was any."""
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not isinstance(previous, dict) or "tasks" not in previous:
+        return False
+    for name, entry in (previous.get("datasets") or {}).items():
+        kept = {k: v for k, v in entry.items() if k in tasks.TASKS[1:]}
+        if kept:
+            results["datasets"].setdefault(name, {}).update(kept)
+    results["tasks"] = previous["tasks"]
+    return True

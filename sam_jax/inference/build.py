@@ -30,6 +30,10 @@ class SamModel:
         return self.config.model_type
 
 
+# Model config keys that change how the model runs but not its parameters.
+RUNTIME_KEYS = ("dtype", "attention_impl")
+
+
 def default_inference_dtype() -> str:
     """The compute dtype of inference when none is asked for: bfloat16 on GPU and TPU
     (parameters stay float32; activations and matmul inputs are bf16, accumulation fp32),
@@ -53,6 +57,13 @@ def load_sam(model_type: str, checkpoint=None, seed: int = 0, **overrides) -> Sa
     unknown = sorted(set(overrides) - set(config))
     if unknown:
         raise ValueError(f"unknown model config keys {unknown}")
+    shaping = sorted(k for k in overrides if k not in RUNTIME_KEYS and overrides[k] != config[k])
+    if shaping:
+        raise ValueError(
+            f"model config keys {shaping} change the parameters, which come from the "
+            f"checkpoint (or the {model_type} preset); only {', '.join(RUNTIME_KEYS)} can be "
+            "overridden here (build another architecture with sam_jax.modeling.configs)"
+        )
     config.update({"dtype": default_inference_dtype(), "attention_impl": "auto", **overrides})
     return SamModel(build_sam(config), params, config)
 
