@@ -56,7 +56,10 @@ def edge_orientation(edges: np.ndarray) -> np.ndarray:
     oy, ox = np.gradient(smooth)
     _, oxx = np.gradient(ox)
     oyy, oxy = np.gradient(oy)
-    return np.mod(np.arctan(oyy * np.sign(-oxy) / (oxx + 1e-5)), np.pi)
+    # sign(-oxy) with 0 counted as positive, so that an axis-aligned edge (oxy exactly 0,
+    # which the toolbox's sign would turn into orientation 0) keeps its orientation
+    sign = np.where(oxy > 0, -1.0, 1.0)
+    return np.mod(np.arctan(oyy * sign / (oxx + 1e-5)), np.pi)
 
 
 def edge_nms(

@@ -363,7 +363,10 @@ def _instances(settings, store, predictor, name, data, model, text_encoder) -> d
     results = [r for rec in done.values() for r in rec.get("results", [])]
     report.write_atomic(store.dir / f"{_safe(name)}.json", json.dumps(results))
     scored = [img["id"] for img in images if "results" in done.get(str(img["id"]), {})]
-    metrics = coco_tasks.instance_metrics(coco.ground_truth, results, scored)
+    # Over every image of the ground truth, as the evaluators do by default (images without
+    # detections, and skipped ones, count as all missed), unless --max_images limited the run.
+    scope = scored if settings.max_images else None
+    metrics = coco_tasks.instance_metrics(coco.ground_truth, results, scope)
     skipped, problems = _skips(done)
     n_masks = len(results)
     return {
@@ -399,6 +402,7 @@ def _proposals(settings, store, predictor, name, data, model, text_encoder) -> d
         box_nms_thresh=settings.box_nms_thresh,
         output_mode="coco_rle",
     )
+    generator.predictor = predictor  # the same model: share its compiled image encoder
 
     def work(img):
         image = coco.read_image(img)
@@ -425,9 +429,8 @@ def _proposals(settings, store, predictor, name, data, model, text_encoder) -> d
     results = [r for rec in done.values() for r in rec.get("results", [])]
     report.write_atomic(store.dir / f"{_safe(name)}.json", json.dumps(results))
     scored = [img["id"] for img in images if "results" in done.get(str(img["id"]), {})]
-    metrics = coco_tasks.proposal_metrics(
-        coco.ground_truth, results, scored, settings.max_proposals
-    )
+    scope = scored if settings.max_images else None  # as for instances
+    metrics = coco_tasks.proposal_metrics(coco.ground_truth, results, scope, settings.max_proposals)
     skipped, problems = _skips(done)
     return {
         **metrics,
