@@ -658,3 +658,16 @@ def test_edge_nms_thins_a_blurred_step(direction):
     before = g[24] if direction != "horizontal" else g[:, 24]
     assert (before > 0.05).sum() >= 6  # Sobel of a blurred step: a wide ridge
     assert 1 <= (line > 0.05).sum() <= 2  # one or two pixels across after NMS
+
+
+def test_edges_unreadable_ground_truth_is_a_named_skip(tmp_path, tiny_model):
+    from skimage import data
+
+    _write_bsds(tmp_path, {"1": data.coffee()[::8, ::8], "2": data.chelsea()[::8, ::8]})
+    (tmp_path / "BSDS500/BSR/BSDS500/data/groundTruth/test/2.mat").write_bytes(b"garbage")
+    settings = tasks.TaskSettings(
+        task="edges", datasets=["BSDS500"], output_dir=str(tmp_path / "o"), data_dir=str(tmp_path)
+    )
+    s = tasks.run_task(settings, tiny_model)["datasets"]["BSDS500"]["edges"]
+    assert s["num_images"] == 1 and s["skipped"] == 1
+    assert "unreadable BSDS ground-truth file" in s["problems"][0] and "2.mat" in s["problems"][0]
