@@ -43,7 +43,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT = "sam_jax.stablehlo/1"
 
 
-def _decode_prompts(
+def decode_prompts(
     sam: Sam,
     image_embeddings,
     point_coords,
@@ -51,10 +51,12 @@ def _decode_prompts(
     point_valid,
     boxes,
     box_valid,
-    mask_input,
-    has_mask_input,
+    mask_input=None,
+    has_mask_input=None,
 ):
     """Every prompt kind at fixed arity: a missing box or mask is switched off by a flag.
+    Use as `module.apply(variables, ..., method=decode_prompts)`; mask_input None: no row
+    has one (the mask branch is left out of the program).
 
     Box tokens of rows without a box are masked out of attention (the "not a point" token
     takes part instead, as in the reference); rows without a mask input take the learned
@@ -64,8 +66,10 @@ def _decode_prompts(
     sparse, sparse_valid, no_mask_dense = pe(
         (point_coords, point_labels), boxes, None, point_valid=point_valid, box_valid=box_valid
     )
-    mask_dense = pe.embed_masks(mask_input)
-    dense = jnp.where(has_mask_input[:, None, None, None] > 0, mask_dense, no_mask_dense)
+    dense = no_mask_dense
+    if mask_input is not None:
+        mask_dense = pe.embed_masks(mask_input)
+        dense = jnp.where(has_mask_input[:, None, None, None] > 0, mask_dense, no_mask_dense)
     return sam.mask_decoder(
         image_embeddings, pe.get_dense_pe(), sparse, dense, None, sparse_valid=sparse_valid
     )
@@ -140,7 +144,7 @@ def export_stablehlo(model: SamModel, directory) -> dict:
             box_valid,
             masks,
             has_mask,
-            method=_decode_prompts,
+            method=decode_prompts,
         )
         return postprocess_masks(low_res, r, c_), iou, low_res
 
