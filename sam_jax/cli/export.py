@@ -6,6 +6,10 @@
 StableHLO (`jax.export`): the image encoder (batch-polymorphic) and the prompt decoder
 (symbolic prompt count, points per prompt and image size), with their parameters and a
 manifest; run them with `sam_jax.inference.exported.ExportedPredictor`.
+
+ONNX (`--format onnx`, needs `pip install --no-deps -r requirements-onnx.txt`): the prompt
+decoder with the reference's ONNX interface (`sam_jax.inference.onnx_export`), for
+onnxruntime against an embedding from `SamPredictor.get_image_embedding()`.
 With no --checkpoint the model is randomly initialised (the masks mean nothing).
 """
 
@@ -19,7 +23,7 @@ from pathlib import Path
 
 from sam_jax.modeling.configs import DTYPES, MODEL_TYPES
 
-FORMATS = ("stablehlo",)
+FORMATS = ("stablehlo", "onnx")
 
 
 def check_output(path: Path, overwrite: bool) -> None:
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from sam_jax import sam_model_registry
     from sam_jax.inference.exported import export_stablehlo
+    from sam_jax.inference.onnx_export import export_onnx
     from sam_jax.io.checkpoint import CheckpointError
 
     try:
@@ -76,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         # Written beside the target and moved into place: a failed export leaves nothing.
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-            manifest = export_stablehlo(model, tmp)
+            export = export_onnx if args.format == "onnx" else export_stablehlo
+            export(model, tmp)
             Path(tmp).chmod(0o755)  # a temporary directory is private; the export is not
             if out.exists():
                 shutil.rmtree(out)
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(
-        f"exported {args.model_type} ({manifest['dtype']}, {args.format}) -> {out} "
+        f"exported {args.model_type} ({args.dtype}, {args.format}) -> {out} "
         f"({size:.1f} MB: {', '.join(sorted(f.name for f in out.iterdir()))})"
     )
     return 0
