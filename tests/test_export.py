@@ -128,3 +128,33 @@ def test_export_cli_writes_and_refuses_with_one_line(tmp_path, capsys):
     assert export_cli.main(["--model-type", "tiny", "--output", str(out), "--overwrite"]) == 0
     with pytest.raises(SystemExit):
         export_cli.main(["--model-type", "vit_x", "--output", str(out)])
+
+
+def test_loading_something_else_says_what_is_missing(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an exported model: missing"):
+        ExportedSam.load(tmp_path)
+
+
+@pytest.mark.fullsize
+def test_vit_b_export_equals_in_process(tmp_path):
+    """ViT-B (seeded random weights): the exported encoder and decoder against the
+    in-process predictor on one image, within 1e-4 of the embedding's spread and of the
+    largest logit (twelve blocks at 1024 px leave more room for float32 reordering)."""
+    from sam_jax import SamPredictor, sam_model_registry
+
+    embedding_rel_tol = 1e-4
+    model = sam_model_registry["vit_b"](seed=0)
+    export_stablehlo(model, tmp_path)
+    ours = ExportedPredictor(ExportedSam.load(tmp_path))
+    ref = SamPredictor(model)
+    image = np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    ours.set_image(image)
+    ref.set_image(image)
+    a, b = np.asarray(ours.features), np.asarray(ref.features)
+    assert np.abs(a - b).max() <= embedding_rel_tol * b.std()
+    kwargs = PROMPTS["points and box"]
+    for x, y in zip(
+        ours.predict(**kwargs, return_logits=True), ref.predict(**kwargs, return_logits=True)
+    ):
+        np.testing.assert_allclose(x, y, atol=1e-4 * max(1.0, float(np.abs(y).max())))
