@@ -77,3 +77,27 @@ def predictor(_session_predictor):
     """Our predictor with the test image set. A shallow copy: it shares the compiled
     functions (no recompilation per test) but a test may reset or replace its image."""
     return copy.copy(_session_predictor)
+
+
+@pytest.fixture(scope="session")
+def demo_server(tiny_model):
+    """The demo server on a free local port, serving in a thread: (base URL, session).
+
+    Small limits (0.2 MB uploads, 250 000 pixels) so the refusals are cheap to test, and
+    segment everything without its quality filters, so random weights still give masks."""
+    import threading
+
+    from sam_jax.cli.demo import DemoSession, make_server
+
+    session = DemoSession(
+        tiny_model,
+        points_per_side=8,
+        amg_options={"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+    )
+    server = make_server(session, port=0, max_upload_mb=0.2, max_pixels=250_000)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    host, port = server.server_address[:2]
+    yield f"http://{host}:{port}", session
+    server.shutdown()
+    server.server_close()
