@@ -468,3 +468,26 @@ def test_registry_model_on_small_image():
     )
     records = gen.generate(np.zeros((40, 60, 3), np.uint8))
     assert all(r["segmentation"].shape == (40, 60) for r in records)
+
+
+@pytest.mark.parametrize("config", ["whole_image", "crops"])
+def test_generate_batch_equals_generate(config, amg_model, image, our_records):
+    """Whole-image embeddings computed together (a batch of 3 padded to 4) give the masks
+    each image gives alone; crops are embedded one by one either way."""
+    from skimage import data
+
+    other = np.ascontiguousarray(data.coffee()[::2, ::2])
+    gen = SamAutomaticMaskGenerator(amg_model, points_per_side=POINTS_PER_SIDE, **CONFIGS[config])
+    batch = gen.generate_batch([image, other, image[:, ::-1]])
+    assert len(batch) == 3 and len(gen.last_stats) == 3
+    singles = [our_records(config), gen.generate(other), gen.generate(image[:, ::-1])]
+    for got, want in zip(batch, singles, strict=True):
+        assert len(got) == len(want) > 0
+        agreement = [
+            float((a["segmentation"] == b["segmentation"]).mean()) for a, b in zip(got, want)
+        ]
+        assert min(agreement) >= 0.999
+        for a, b in zip(got, want):
+            assert a["predicted_iou"] == pytest.approx(b["predicted_iou"], abs=1e-4)
+    with pytest.raises(ValueError, match="sequence of images"):
+        gen.generate_batch(image)

@@ -446,3 +446,56 @@ def test_predict_batch_rejects_bad_prompts(predictor, case):
     kwargs, message = BAD_BATCHES[case]
     with pytest.raises(ValueError, match=message):
         predictor.predict_batch(**kwargs)
+
+
+def test_set_images_predicts_as_set_image(tiny_model, image):
+    """Several images embedded in one call (3, padded to a batch of 4), then one prompt set
+    per image: the results equal those of each image set alone."""
+    from skimage import data
+
+    images = [image, np.ascontiguousarray(data.coffee()[::3, ::3]), image[::2, ::2]]
+    coords = [BATCH_COORDS[:2], np.array([[[30, 40]], [[100, 90]]]), None]
+    labels = [BATCH_LABELS[:2], np.array([[1], [1]]), None]
+    boxes = [None, None, np.array([[10, 10, 120, 90]])]
+    batched = SamPredictor(tiny_model)
+    batched.set_images(images)
+    assert batched.num_images == 3
+    assert batched.get_image_embedding().shape[0] == 3
+    masks, ious, lows = batched.predict_batch(coords, labels, boxes)
+    single = SamPredictor(tiny_model)
+    for i, im in enumerate(images):
+        single.set_image(im)
+        want = single.predict_batch(coords[i], labels[i], boxes[i])
+        assert masks[i].shape == want[0].shape
+        np.testing.assert_allclose(lows[i], want[2], rtol=0, atol=1e-4 * np.abs(want[2]).max())
+        np.testing.assert_allclose(ious[i], want[1], rtol=0, atol=IOU_ATOL)
+        assert float((masks[i] == want[0]).mean()) >= MIN_MASK_AGREEMENT
+    # an image with no prompt gets empty results
+    m, io, _ = batched.predict_batch(boxes=[None, None, np.array([[5, 5, 50, 50]])])
+    assert m[0].shape[0] == 0 and m[2].shape[0] == 1 and io[1].shape == (0, 3)
+
+
+def test_set_images_errors_and_compilations(tiny_model, image):
+    p = SamPredictor(tiny_model)
+    with pytest.raises(ValueError, match="sequence of images"):
+        p.set_images(image)
+    with pytest.raises(ValueError, match="at least one image"):
+        p.set_images([])
+    with pytest.raises(ValueError, match=r"images\[1\]"):
+        p.set_images([image, image[..., :2]])
+    p.set_images([image, image])
+    with pytest.raises(RuntimeError, match="2 images are set"):
+        p.predict(**ONE_POINT)
+    with pytest.raises(ValueError, match="sequence of 2 entries"):
+        p.predict_batch(BATCH_COORDS, BATCH_LABELS)
+    with pytest.raises(ValueError, match="image 1: point_coords outside"):
+        p.predict_batch([BATCH_COORDS[:1], np.array([[[9999, 5]]])], [BATCH_LABELS[:1], [[1]]])
+    # batches are padded to powers of two: 3 images reuse the program compiled for 4
+    p.set_images([image] * 4)
+    compiled = p._embed._cache_size()
+    p.set_images([image] * 3)
+    assert p._embed._cache_size() == compiled
+    # set_image returns to single-image use
+    p.set_image(image)
+    assert p.num_images == 1
+    assert p.predict(**ONE_POINT)[0].shape == (3, H, W)

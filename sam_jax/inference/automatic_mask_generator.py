@@ -219,14 +219,40 @@ class SamAutomaticMaskGenerator:
 
         Afterwards `last_stats` says how many candidate masks each filter removed
         (`describe_stats` turns it into a sentence)."""
-        image = as_uint8_rgb(image)
+        return self._generate(as_uint8_rgb(image), None)
+
+    def generate_batch(self, images, images_per_call: int = 8) -> list[list[dict[str, Any]]]:
+        """`generate` for several images: the whole-image embeddings are computed together,
+        up to `images_per_call` per compiled call (`SamPredictor.set_images`); crops of
+        crop_n_layers > 0 are embedded one by one as in `generate`. Returns one record list
+        per image; `last_stats` then holds a list of per-image stats."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError("generate_batch takes a sequence of images; use generate for one")
+        images = [as_uint8_rgb(im, f"images[{i}]") for i, im in enumerate(images)]
+        if not images:
+            raise ValueError("generate_batch needs at least one image")
+        self.predictor.set_images(images, images_per_call=images_per_call)
+        states = list(self.predictor._batch)
+        self.predictor.reset_image()
+        out, stats = [], []
+        for image, state in zip(images, states):
+            out.append(self._generate(image, state))
+            stats.append(self.last_stats)
+        self.last_stats = stats
+        return out
+
+    def _generate(self, image: np.ndarray, embedded) -> list[dict[str, Any]]:
+        """embedded: the whole image's (features, original size, input size) if already
+        computed."""
         stats = self.last_stats = _new_stats(self)
         orig_h, orig_w = image.shape[:2]
         crop_boxes, layer_idxs = mask_utils.generate_crop_boxes(
             (orig_h, orig_w), self.crop_n_layers, self.crop_overlap_ratio
         )
         parts = [
-            self._process_crop(image, box, layer, (orig_h, orig_w), stats)
+            self._process_crop(
+                image, box, layer, (orig_h, orig_w), stats, embedded if layer == 0 else None
+            )
             for box, layer in zip(crop_boxes, layer_idxs)
         ]
         data = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "packed"}
@@ -250,11 +276,15 @@ class SamAutomaticMaskGenerator:
         return self._records(masks, data)
 
     # -------------------------------------------------------------------- internals
-    def _process_crop(self, image, crop_box, layer_idx, orig_size, stats):
+    def _process_crop(self, image, crop_box, layer_idx, orig_size, stats, embedded=None):
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1]
         crop_h, crop_w = crop.shape[:2]
-        self.predictor.set_image(crop)
+        if embedded is not None:  # the whole image, embedded with others (generate_batch)
+            self.predictor.reset_image()
+            self.predictor._use(*embedded)
+        else:
+            self.predictor.set_image(crop)
         features = self.predictor.features
         low_res = self.predictor.low_res_size
         rows, cols = postprocess_matrices(

@@ -114,20 +114,70 @@ class SamPredictor:
     # ------------------------------------------------------------------ image
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an H x W x 3 image (uint8, or float in [0, 1])."""
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
-        image = as_uint8_rgb(image)
-        if image_format == "BGR":
-            image = image[..., ::-1]
+        image = self._prepare(image, image_format)
         resized = self.transform.apply_image(np.ascontiguousarray(image))
         s = self.model.image_size
         canvas = np.zeros((1, s, s, 3), np.uint8)
         canvas[0, : resized.shape[0], : resized.shape[1]] = resized
         sizes = np.array([resized.shape[:2]], np.int32)
         self.reset_image()
-        self.features = self._embed(self.model.params, canvas, sizes)
-        self.original_size = tuple(int(v) for v in image.shape[:2])
-        self.input_size = tuple(int(v) for v in resized.shape[:2])
+        features = self._embed(self.model.params, canvas, sizes)
+        self._use(features, tuple(int(v) for v in image.shape[:2]), resized.shape[:2])
+
+    def set_images(self, images, image_format: str = "RGB", images_per_call: int = 8) -> None:
+        """Embed several images (a sequence of H x W x 3 arrays, sizes may differ), up to
+        `images_per_call` per compiled call (batches padded to 1, 2, 4, 8, ...: one
+        compilation per bucket). Then `predict_batch` takes one prompt set per image and
+        returns one result per image (`set_image_batch` in SAM 2); `predict` needs
+        `set_image`."""
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError("set_images takes a sequence of images; use set_image for one")
+        images = [self._prepare(im, image_format, f"images[{i}]") for i, im in enumerate(images)]
+        if not images:
+            raise ValueError("set_images needs at least one image")
+        if images_per_call < 1:
+            raise ValueError(f"images_per_call must be >= 1, got {images_per_call}")
+        self.reset_image()
+        s = self.model.image_size
+        states = []
+        for start in range(0, len(images), images_per_call):
+            chunk = images[start : start + images_per_call]
+            n = _bucket(len(chunk))
+            canvas = np.zeros((n, s, s, 3), np.uint8)
+            sizes = np.zeros((n, 2), np.int32)
+            sizes[:] = s  # padding slots: a full canvas of zeros, dropped below
+            resized_shapes = []
+            for i, im in enumerate(chunk):
+                resized = self.transform.apply_image(np.ascontiguousarray(im))
+                canvas[i, : resized.shape[0], : resized.shape[1]] = resized
+                sizes[i] = resized.shape[:2]
+                resized_shapes.append(resized.shape[:2])
+            features = self._embed(self.model.params, canvas, sizes)
+            for i, im in enumerate(chunk):
+                states.append((features[i : i + 1], tuple(im.shape[:2]), resized_shapes[i]))
+        self._batch = states
+        self._use(*states[0])
+        self.is_image_set = True
+
+    @property
+    def num_images(self) -> int:
+        """How many images are set: 0, 1 after `set_image`, N after `set_images`."""
+        if not self.is_image_set:
+            return 0
+        return len(self._batch) if self._batch is not None else 1
+
+    def _prepare(self, image, image_format: str, name: str = "image") -> np.ndarray:
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}")
+        image = as_uint8_rgb(image, name)
+        return image[..., ::-1] if image_format == "BGR" else image
+
+    def _use(self, features, original_size, input_size) -> None:
+        """Make one embedded image the current one."""
+        s = self.model.image_size
+        self.features = features
+        self.original_size = tuple(int(v) for v in original_size)
+        self.input_size = tuple(int(v) for v in input_size)
         rows, cols = postprocess_matrices(
             (self.low_res_size, self.low_res_size), s, self.input_size, self.original_size
         )
@@ -135,12 +185,16 @@ class SamPredictor:
         self.is_image_set = True
 
     def get_image_embedding(self) -> np.ndarray:
-        """The current image's embedding, (1, C, h, w) as in the reference."""
+        """The current image's embedding, (1, C, h, w) as in the reference; after
+        `set_images`, all of them, (N, C, h, w)."""
         self._require_image()
+        if self._batch is not None:
+            return np.concatenate([np.asarray(f) for f, _, _ in self._batch]).transpose(0, 3, 1, 2)
         return np.asarray(self.features).transpose(0, 3, 1, 2)
 
     def reset_image(self) -> None:
         self.is_image_set = False
+        self._batch = None
         self.features = None
         self.original_size = None
         self.input_size = None
@@ -171,6 +225,11 @@ class SamPredictor:
         combines with points and boxes; only models trained with text prompts take it.
         """
         self._require_image()
+        if self._batch is not None:
+            raise RuntimeError(
+                f"{len(self._batch)} images are set (set_images): use predict_batch with one "
+                "prompt set per image, or set_image for predict"
+            )
         if point_coords is not None:
             point_coords = np.asarray(point_coords)
             if point_coords.ndim != 2:
@@ -226,11 +285,26 @@ class SamPredictor:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """B prompts at once -> (masks (B, C, H, W), iou (B, C), low_res_logits (B, C, 256, 256)).
 
+        After `set_images` (N images): each argument is a sequence of N such arrays (or
+        None), one per image, and the result is three lists of N arrays; an image with no
+        prompt gets empty (0, C, ...) arrays.
+
         point_coords (B, N, 2), point_labels (B, N), boxes (B, 4) XYXY, mask_input
         (B, 1, 256, 256) or (B, 256, 256); coordinates in the original image frame. texts:
         B phrases, or text_embeddings (B, D) CLIP embeddings (see `predict`).
         """
         self._require_image()
+        if self._batch is not None:
+            return self._predict_images(
+                point_coords,
+                point_labels,
+                boxes,
+                mask_input,
+                multimask_output,
+                return_logits,
+                texts,
+                text_embeddings,
+            )
         coords, labels, boxes, masks, batch = self._check_prompts(
             point_coords, point_labels, boxes, mask_input
         )
@@ -245,6 +319,72 @@ class SamPredictor:
             out_iou.append(iou_c)
             out_low.append(low_c)
         return np.concatenate(out_masks), np.concatenate(out_iou), np.concatenate(out_low)
+
+    def _predict_images(
+        self,
+        point_coords,
+        point_labels,
+        boxes,
+        mask_input,
+        multimask_output,
+        return_logits,
+        texts,
+        text_embeddings,
+    ):
+        n = len(self._batch)
+        args = {
+            "point_coords": point_coords,
+            "point_labels": point_labels,
+            "boxes": boxes,
+            "mask_input": mask_input,
+            "texts": texts,
+            "text_embeddings": text_embeddings,
+        }
+        for name, value in args.items():
+            if value is not None and (isinstance(value, (np.ndarray, str)) or len(value) != n):
+                raise ValueError(
+                    f"{name}: {n} images are set, so give a sequence of {n} entries (one per "
+                    "image, None for none), not "
+                    + (
+                        f"an array of shape {np.shape(value)}"
+                        if isinstance(value, np.ndarray)
+                        else f"{len(value)} entries"
+                        if not isinstance(value, str)
+                        else "a string"
+                    )
+                )
+        out = ([], [], [])
+        states = self._batch
+        c = 3 if multimask_output else 1
+        try:
+            for i, state in enumerate(states):
+                per_image = {k: (v[i] if v is not None else None) for k, v in args.items()}
+                self._batch = None
+                self._use(*state)
+                if all(v is None for v in per_image.values()):
+                    h, w = self.original_size
+                    m = self.low_res_size
+                    dtype = np.float32 if return_logits else np.bool_
+                    results = (
+                        np.zeros((0, c, h, w), dtype),
+                        np.zeros((0, c), np.float32),
+                        np.zeros((0, c, m, m), np.float32),
+                    )
+                else:
+                    try:
+                        results = self.predict_batch(
+                            multimask_output=multimask_output,
+                            return_logits=return_logits,
+                            **per_image,
+                        )
+                    except ValueError as e:
+                        raise ValueError(f"image {i}: {e}") from None
+                for acc, r in zip(out, results):
+                    acc.append(r)
+        finally:
+            self._batch = states
+            self._use(*states[0])
+        return out
 
     def _decode_chunk(
         self, coords, labels, boxes, masks, text, start, stop, multimask_output, return_logits
