@@ -6,7 +6,9 @@ in the same process:
     python benchmarks/predictor.py --model-type vit_b --repeats 3
 
 Prints per-call times (median of repeats, after a warm-up call that includes compilation)
-and the JAX / reference time ratios.
+and the JAX / reference time ratios; with --batches, the throughput of `set_images` in
+images/s at each batch size (the reference has no batched call: its figure is 1 / its
+set_image time).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ def main() -> None:
     )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--batches", default="", help="comma-separated set_images batch sizes, e.g. 1,2,4,8"
+    )
     args = parser.parse_args()
 
     import jax
@@ -94,6 +99,16 @@ def main() -> None:
             f"{name:>9}: set_image {statistics.median(set_t):7.3f} s   "
             f"predict {1e3 * statistics.median(pred_t):7.1f} ms"
         )
+    for b in [int(v) for v in args.batches.split(",") if v.strip()]:
+        images = [image] * b
+
+        def jax_set_many(images=images):
+            ours.set_images(images)
+            jax.block_until_ready(ours.features)
+
+        jax_set_many()  # compiles this bucket
+        t = statistics.median(_time(jax_set_many, args.repeats))
+        print(f"set_images batch {b}: {t:7.3f} s   {b / t:6.2f} images/s")
     if "reference" in results:
         r_set = statistics.median(jax_set_t) / statistics.median(results["reference"][0])
         r_pred = statistics.median(jax_pred_t) / statistics.median(results["reference"][1])
