@@ -62,12 +62,22 @@ def test_end_to_end(one_run):
     for key in ("loss", "focal", "dice", "iou_mse", "lr", "grad_norm", "images_per_sec"):
         assert np.isfinite(records[-1][key])
     assert len(records[-1]["round_iou"]) == 2
+    for key in ("iou_head_top1", "iou_head_abs_err", "picked_iou", "oracle_iou"):
+        assert 0.0 <= records[-1][key] <= 1.0
+    assert len(records[-1]["output_iou"]) == len(records[-1]["output_wins"]) == 3
+    np.testing.assert_allclose(sum(records[-1]["output_wins"]), 1.0, rtol=1e-5)
+    assert records[-1]["oracle_iou"] >= records[-1]["picked_iou"] - 1e-6
     assert records[-1]["skipped_examples"] == 0
     assert any((workdir / "tb").iterdir())
     ev = json.loads((workdir / "eval.json").read_text())
     assert set(ev["miou"]) == set(ev["oracle_miou"]) == {"1", "2"}
     # the best of three outputs is never worse than the one the IoU head picks
     assert ev["oracle_miou"]["1"] >= ev["miou"]["1"]
+    first = ev["first_click"]
+    assert first["num_masks"] == ev["num_masks"]
+    np.testing.assert_allclose(first["picked_miou"], ev["miou"]["1"], atol=1e-9)
+    np.testing.assert_allclose(first["oracle_miou"], ev["oracle_miou"]["1"], atol=1e-9)
+    assert 0.0 <= first["head_top1"] <= 1.0 and len(first["output_miou"]) == 3
     # the workdir loads for inference
     from sam_jax.inference.build import load_sam
 

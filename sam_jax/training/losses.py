@@ -89,6 +89,8 @@ def sam_loss(
     focal_alpha: float | None = FOCAL_ALPHA,
     focal_gamma: float = FOCAL_GAMMA,
     iou_loss_all_outputs: bool = True,
+    iou_region: jax.Array | None = None,
+    others_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss of one ground-truth mask -> (loss (), terms).
 
@@ -102,7 +104,8 @@ def sam_loss(
     `iou_loss_all_outputs` (the default) every output's prediction is trained, since at
     inference the IoU head ranks all the outputs and the paper trains it against "the
     predicted mask's IoU" without restricting it to the backpropagated mask; otherwise only
-    the chosen output's.
+    the chosen output's. `iou_region` (h, w) bool limits the actual IoU (the head's target)
+    to its pixels, e.g. the image inside the padded input, the only part a user ever sees.
 
     `valid` False (a padding mask) makes the loss and every term zero, and so its gradient.
     terms: loss, mask_loss, focal, dice, iou_mse (the weighted parts before weighting, of the
@@ -112,12 +115,19 @@ def sam_loss(
     focal = sigmoid_focal_loss(low_res_logits, target, focal_alpha, focal_gamma)
     dice = dice_loss(low_res_logits, target)
     per_output = focal_weight * focal + dice_weight * dice
-    actual_iou = mask_iou(low_res_logits, target)
+    if iou_region is None:
+        actual_iou = mask_iou(low_res_logits, target)
+    else:
+        actual_iou = mask_iou(
+            jnp.where(iou_region, low_res_logits, -1.0), jnp.where(iou_region, target, 0)
+        )
     iou_se = iou_head_loss(iou_pred, actual_iou)
 
     if multimask:
         best = jnp.argmin(jax.lax.stop_gradient(per_output))
         mask_loss, focal_t, dice_t = per_output[best], focal[best], dice[best]
+        if others_weight:
+            mask_loss = mask_loss + others_weight * per_output.mean()
     else:
         best = jnp.zeros((), jnp.int32)
         mask_loss, focal_t, dice_t = per_output.mean(), focal.mean(), dice.mean()
