@@ -6,7 +6,7 @@
 Every variant (NAME:KEY=VALUE,KEY=VALUE, config overrides; the first is the baseline) is
 trained once per seed (`train_and_evaluate`, one workdir each under OUT/NAME/seedS; a
 finished one is reused, so an interrupted comparison resumes), then scored on the fixed
-held-out set (`held_out.FIXED_SEED`: the same 520 masks for every seed and variant). Prints
+held-out set (`held_out.FIXED_SEED`: the same 548 masks for every seed and variant). Prints
 per variant the mean +- sd over seeds of the 1-click mIoU (the head's pick), the best of
 the three outputs, the IoU head's top-1 accuracy and 2-click mIoU, and per other variant
 the paired per-seed difference to the baseline (mean +- sd, and each seed's). Writes

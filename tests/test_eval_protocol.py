@@ -277,3 +277,11 @@ def test_summary_means():
     mean = report.mean_over_datasets({"a": d, "b": e, "c": empty}, (1, 3))
     assert mean["num_datasets"] == 2
     assert mean["miou"]["1"] == pytest.approx((0.3 + 0.6) / 2)
+
+
+def test_fixed_comparison_set_holds_500_masks():
+    from sam_jax.evaluation.readers import synthetic
+    from sam_jax.training import held_out
+
+    d = synthetic("synthetic", held_out.FIXED_IMAGES, seed=held_out.FIXED_SEED)
+    assert sum(s.count_masks() for s in d.samples) >= 500
