@@ -275,3 +275,19 @@ def test_others_weight_trains_every_output():
     )
     grads = jax.grad(lambda x: losses.sam_loss(x, iou_pred, target, others_weight=0.5)[0])(logits)
     assert all(float(jnp.abs(g).sum()) > 0 for g in grads)
+
+
+def test_iou_rank_loss_pulls_the_predictions_towards_the_actual_order():
+    actual = jnp.array([0.5, 0.9, 0.6])
+    wrong = jnp.array([0.9, 0.5, 0.6])
+    right = actual + 0.2  # same order and spacing, another offset: nothing to learn
+    g_right = jax.grad(lambda p: losses.iou_rank_loss(p, actual, 0.05))(right)
+    np.testing.assert_allclose(g_right, 0.0, atol=1e-5)
+    g_wrong = jax.grad(lambda p: losses.iou_rank_loss(p, actual, 0.05))(wrong)
+    assert g_wrong[1] < 0 < g_wrong[0]  # raise output 1's prediction, lower output 0's
+    target = jnp.zeros((8, 8), bool).at[2:6, 2:6].set(True)
+    logits = jax.random.normal(jax.random.key(0), (3, 8, 8))
+    base, t = losses.sam_loss(logits, wrong, target)
+    ranked, _ = losses.sam_loss(logits, wrong, target, rank_weight=0.5)
+    extra = 0.5 * losses.iou_rank_loss(wrong, losses.mask_iou(logits, target), 0.05)
+    np.testing.assert_allclose(ranked, base + extra, rtol=1e-5)

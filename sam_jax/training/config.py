@@ -68,6 +68,9 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     # With a single click, the paper trains only the lowest-loss of the three outputs (0.0);
     # > 0 adds this times the mean loss of all three (`losses.sam_loss`'s others_weight).
     c.train.multimask_others_weight = 0.0
+    # > 0: with a single click, add this times a ranking loss of the IoU head's three
+    # predictions (`losses.iou_rank_loss`) to its squared error (0.0: the paper's recipe).
+    c.train.iou_rank_weight = 0.0
     # Every round's decoder gradient is taken right after the round, so the backward pass
     # holds one round's activations; rolled (unroll False), the rounds also run strictly one
     # after another. Unrolled, XLA fuses across rounds: faster for a few small rounds.
@@ -356,6 +359,7 @@ def validate_config(
         "dice_weight",
         "iou_weight",
         "multimask_others_weight",
+        "iou_rank_weight",
     ):
         number(t + key, 0.0)
     number(t + "focal_gamma", 0.0)

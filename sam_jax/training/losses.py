@@ -77,6 +77,15 @@ def iou_head_loss(iou_pred: jax.Array, actual_iou: jax.Array) -> jax.Array:
     return jnp.square(iou_pred.astype(jnp.float32) - jax.lax.stop_gradient(actual_iou))
 
 
+def iou_rank_loss(iou_pred: jax.Array, actual_iou: jax.Array, temperature: float) -> jax.Array:
+    """Cross-entropy between softmax(actual / T) and softmax(predicted / T) over the M
+    outputs (..., M) -> (...): zero gradient when the predictions rank and space the
+    outputs as their actual IoUs do, whatever their common offset."""
+    target = jax.nn.softmax(jax.lax.stop_gradient(actual_iou) / temperature, axis=-1)
+    logp = jax.nn.log_softmax(iou_pred.astype(jnp.float32) / temperature, axis=-1)
+    return -(target * logp).sum(-1)
+
+
 def sam_loss(
     low_res_logits: jax.Array,
     iou_pred: jax.Array,
@@ -91,6 +100,8 @@ def sam_loss(
     iou_loss_all_outputs: bool = True,
     iou_region: jax.Array | None = None,
     others_weight: float = 0.0,
+    rank_weight: float = 0.0,
+    rank_temperature: float = 0.05,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss of one ground-truth mask -> (loss (), terms).
 
@@ -133,6 +144,8 @@ def sam_loss(
         mask_loss, focal_t, dice_t = per_output.mean(), focal.mean(), dice.mean()
     iou_mse = iou_se.mean() if iou_loss_all_outputs else iou_se[best]
     loss = mask_loss + iou_weight * iou_mse
+    if rank_weight and low_res_logits.shape[0] > 1:
+        loss = loss + rank_weight * iou_rank_loss(iou_pred, actual_iou, rank_temperature)
 
     valid = jnp.asarray(valid, bool)
     terms = {

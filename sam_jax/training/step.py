@@ -51,7 +51,11 @@ def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, insi
     )
     multi = jax.vmap(
         functools.partial(
-            losses.sam_loss, multimask=True, others_weight=loss_cfg.multimask_others_weight, **kw
+            losses.sam_loss,
+            multimask=True,
+            others_weight=loss_cfg.multimask_others_weight,
+            rank_weight=loss_cfg.iou_rank_weight,
+            **kw,
         )
     )(logits[:, 1:], iou_pred[:, 1:], gt, valid, iou_region=inside)
     single = jax.vmap(functools.partial(losses.sam_loss, multimask=False, **kw))(
