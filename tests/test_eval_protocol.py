@@ -231,6 +231,41 @@ def test_subsampling_by_image():
     assert ids == sorted(ids)
 
 
+def test_first_click_summary():
+    # mask 0: output 1 is best, the head picks it; mask 1: outputs 0 and 2 tie for best,
+    # the head picks 1 (wrong); mask 2: output 0 best, the head picks 0.
+    actual = [[0.5, 0.9, 0.6], [0.8, 0.4, 0.8], [0.7, 0.6, 0.5]]
+    pred = [[0.4, 0.8, 0.5], [0.6, 0.7, 0.5], [0.9, 0.1, 0.2]]
+    f = report.first_click_summary(list(zip(actual, pred)))
+    assert f["num_masks"] == 3
+    assert f["head_top1"] == pytest.approx(2 / 3)
+    assert f["output_miou"] == pytest.approx([2.0 / 3, 1.9 / 3, 1.9 / 3])
+    assert f["output_best"] == pytest.approx([1.5 / 3, 1 / 3, 0.5 / 3])
+    assert f["head_pick"] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert f["picked_miou"] == pytest.approx((0.9 + 0.4 + 0.7) / 3)
+    assert f["oracle_miou"] == pytest.approx((0.9 + 0.8 + 0.7) / 3)
+    assert f["first_output_miou"] == pytest.approx(2.0 / 3)
+    err = np.abs(np.subtract(pred, actual)).mean()
+    assert f["head_abs_err"] == pytest.approx(err)
+    d = report.dataset_summary(
+        [[0.9], [0.4], [0.7]],
+        [[0.9], [0.8], [0.7]],
+        (1,),
+        1,
+        0,
+        [],
+        first_outputs=list(zip(actual, pred)),
+    )
+    assert d["first_click"] == f
+    assert "head top-1" in report.markdown(
+        {
+            "datasets": {"synthetic": d},
+            "mean_over_datasets": report.mean_over_datasets({"synthetic": d}, (1,)),
+        },
+        (1,),
+    )
+
+
 def test_summary_means():
     ious = [[0.2, 0.5, 0.9], [0.4, 0.7, 1.0]]
     oracle = [[0.3, 0.5, 0.9], [0.8, 0.7, 1.0]]
@@ -242,3 +277,11 @@ def test_summary_means():
     mean = report.mean_over_datasets({"a": d, "b": e, "c": empty}, (1, 3))
     assert mean["num_datasets"] == 2
     assert mean["miou"]["1"] == pytest.approx((0.3 + 0.6) / 2)
+
+
+def test_fixed_comparison_set_holds_500_masks():
+    from sam_jax.evaluation.readers import synthetic
+    from sam_jax.training import held_out
+
+    d = synthetic("synthetic", held_out.FIXED_IMAGES, seed=held_out.FIXED_SEED)
+    assert sum(s.count_masks() for s in d.samples) >= 500

@@ -232,3 +232,62 @@ def test_sam_loss_vmaps_over_masks():
     assert (grad[1] == 0).all()
     # One output per valid mask receives gradient.
     assert ((np.abs(grad).sum(axis=(2, 3)) > 0).sum(axis=1) == valid.astype(int)).all()
+
+
+def test_ranking_sums_of_the_first_round():
+    from sam_jax.training.step import ranking_means, ranking_sums
+
+    output_iou = jnp.array([[0.5, 0.9, 0.6], [0.8, 0.4, 0.8], [0.7, 0.6, 0.5], [0.0, 1.0, 0.0]])
+    iou_pred = jnp.array([[0.4, 0.8, 0.5], [0.6, 0.7, 0.5], [0.9, 0.1, 0.2], [1.0, 0.0, 0.0]])
+    best = jnp.array([1, 2, 0, 1])
+    counted = jnp.array([True, True, True, False])  # the last is padding
+    sums = ranking_sums(output_iou, iou_pred, best, counted)
+    assert float(sums["count"]) == 3
+    m = ranking_means(sums)
+    np.testing.assert_allclose(m["iou_head_top1"], 2 / 3, rtol=1e-6)
+    np.testing.assert_allclose(m["output_wins"], [1 / 3, 1 / 3, 1 / 3], rtol=1e-6)
+    np.testing.assert_allclose(m["output_iou"], [2.0 / 3, 1.9 / 3, 1.9 / 3], rtol=1e-6)
+    np.testing.assert_allclose(m["picked_iou"], (0.9 + 0.4 + 0.7) / 3, rtol=1e-6)
+    np.testing.assert_allclose(m["oracle_iou"], (0.9 + 0.8 + 0.7) / 3, rtol=1e-6)
+    err = np.abs(np.asarray(iou_pred - output_iou))[:3].mean()
+    np.testing.assert_allclose(m["iou_head_abs_err"], err, rtol=1e-6)
+
+
+def test_iou_region_limits_the_head_target():
+    target = jnp.zeros((8, 8), bool).at[2:4, 2:4].set(True)
+    logits = jnp.full((1, 8, 8), -5.0).at[0, 2:4, 2:4].set(5.0).at[0, 6:, :].set(5.0)
+    _, whole = losses.sam_loss(logits, jnp.zeros(1), target, multimask=False)
+    region = jnp.zeros((8, 8), bool).at[:6].set(True)  # rows 6, 7: padding
+    _, inside = losses.sam_loss(logits, jnp.zeros(1), target, multimask=False, iou_region=region)
+    np.testing.assert_allclose(whole["actual_iou"], 4 / 20)
+    np.testing.assert_allclose(inside["actual_iou"], 1.0)
+
+
+def test_others_weight_trains_every_output():
+    target = jnp.zeros((8, 8), bool).at[2:6, 2:6].set(True)
+    logits = jax.random.normal(jax.random.key(0), (3, 8, 8))
+    iou_pred = jnp.zeros(3)
+    _, t0 = losses.sam_loss(logits, iou_pred, target)
+    _, t1 = losses.sam_loss(logits, iou_pred, target, others_weight=0.5)
+    per_output = 20.0 * losses.sigmoid_focal_loss(logits, target) + losses.dice_loss(logits, target)
+    np.testing.assert_allclose(
+        t1["mask_loss"], t0["mask_loss"] + 0.5 * per_output.mean(), rtol=1e-5
+    )
+    grads = jax.grad(lambda x: losses.sam_loss(x, iou_pred, target, others_weight=0.5)[0])(logits)
+    assert all(float(jnp.abs(g).sum()) > 0 for g in grads)
+
+
+def test_iou_rank_loss_pulls_the_predictions_towards_the_actual_order():
+    actual = jnp.array([0.5, 0.9, 0.6])
+    wrong = jnp.array([0.9, 0.5, 0.6])
+    right = actual + 0.2  # same order and spacing, another offset: nothing to learn
+    g_right = jax.grad(lambda p: losses.iou_rank_loss(p, actual, 0.05))(right)
+    np.testing.assert_allclose(g_right, 0.0, atol=1e-5)
+    g_wrong = jax.grad(lambda p: losses.iou_rank_loss(p, actual, 0.05))(wrong)
+    assert g_wrong[1] < 0 < g_wrong[0]  # raise output 1's prediction, lower output 0's
+    target = jnp.zeros((8, 8), bool).at[2:6, 2:6].set(True)
+    logits = jax.random.normal(jax.random.key(0), (3, 8, 8))
+    base, t = losses.sam_loss(logits, wrong, target)
+    ranked, _ = losses.sam_loss(logits, wrong, target, rank_weight=0.5)
+    extra = 0.5 * losses.iou_rank_loss(wrong, losses.mask_iou(logits, target), 0.05)
+    np.testing.assert_allclose(ranked, base + extra, rtol=1e-5)

@@ -62,12 +62,22 @@ def test_end_to_end(one_run):
     for key in ("loss", "focal", "dice", "iou_mse", "lr", "grad_norm", "images_per_sec"):
         assert np.isfinite(records[-1][key])
     assert len(records[-1]["round_iou"]) == 2
+    for key in ("iou_head_top1", "iou_head_abs_err", "picked_iou", "oracle_iou"):
+        assert 0.0 <= records[-1][key] <= 1.0
+    assert len(records[-1]["output_iou"]) == len(records[-1]["output_wins"]) == 3
+    np.testing.assert_allclose(sum(records[-1]["output_wins"]), 1.0, rtol=1e-5)
+    assert records[-1]["oracle_iou"] >= records[-1]["picked_iou"] - 1e-6
     assert records[-1]["skipped_examples"] == 0
     assert any((workdir / "tb").iterdir())
     ev = json.loads((workdir / "eval.json").read_text())
     assert set(ev["miou"]) == set(ev["oracle_miou"]) == {"1", "2"}
     # the best of three outputs is never worse than the one the IoU head picks
     assert ev["oracle_miou"]["1"] >= ev["miou"]["1"]
+    first = ev["first_click"]
+    assert first["num_masks"] == ev["num_masks"]
+    np.testing.assert_allclose(first["picked_miou"], ev["miou"]["1"], atol=1e-9)
+    np.testing.assert_allclose(first["oracle_miou"], ev["oracle_miou"]["1"], atol=1e-9)
+    assert 0.0 <= first["head_top1"] <= 1.0 and len(first["output_miou"]) == 3
     # the workdir loads for inference
     from sam_jax.inference.build import load_sam
 
@@ -269,11 +279,11 @@ def _assert_same_loss_and_grads(a, b, rtol_loss, rtol_grads, atol_grads):
 
 
 @pytest.mark.parametrize(
-    "unroll, chunk, dropout",
-    [(True, 0, 0.1), (False, 0, 0.1), (False, 1, 0.0)],
-    ids=["unrolled", "rolled", "one-mask-chunks"],
+    "unroll, chunk, dropout, options",
+    [(True, 0, 0.1, False), (False, 0, 0.1, False), (False, 1, 0.0, False), (False, 1, 0.0, True)],
+    ids=["unrolled", "rolled", "one-mask-chunks", "chunks-with-loss-options"],
 )
-def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, dropout):
+def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, dropout, options):
     """The train step differentiates each prompting round (and each chunk of masks) on its
     own, to hold one round's (one chunk's) activations at a time; that must be exactly the
     gradient of the summed loss. With dropout on, both paths must also draw the same masks
@@ -286,6 +296,10 @@ def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, 
     config.train.num_iterations, config.train.num_point_rounds = 4, 2
     config.model.drop_path_rate = 0.1
     config.model.decoder_dropout = dropout
+    if options:  # the options off the paper's recipe, which change the loss and the clicks
+        config.train.clip_to_image = True
+        config.train.multimask_others_weight = 0.3
+        config.train.iou_rank_weight = 0.5
     params = init_params(config.model, 0)
     batch = _loss_batch(config)
     module = build_sam(config.model)
@@ -299,6 +313,8 @@ def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, 
     assert float(loss) > 0
     assert max(float(np.abs(g).max()) for g in jax.tree.leaves(grads_r)) > 0
     np.testing.assert_allclose(metrics_r["round_iou"], metrics["round_iou"], rtol=1e-5)
+    for key in ("output_iou", "output_wins", "iou_head_top1", "iou_head_abs_err"):
+        np.testing.assert_allclose(metrics_r[key], metrics[key], rtol=1e-5, atol=1e-7)
     # Float32 sums in another order: relative 1e-5, absolute 1e-7 on the gradients.
     _assert_same_loss_and_grads((loss_r, grads_r), (loss, grads), 1e-6, 1e-5, 1e-7)
 

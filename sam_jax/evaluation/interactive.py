@@ -30,12 +30,15 @@ from sam_jax.evaluation import protocol
 @dataclasses.dataclass
 class MaskResult:
     """One ground-truth mask's run: clicks as (x, y, label) and, for k = 1..num_clicks,
-    the IoU after k clicks of the scored mask and of the oracle mask."""
+    the IoU after k clicks of the scored mask and of the oracle mask; for the first click,
+    every output's actual IoU and the IoU head's prediction of it (what ranks them)."""
 
     annotation_id: str
     clicks: list[tuple[int, int, int]]
     ious: list[float]
     oracle_ious: list[float]
+    first_output_ious: list[float] = dataclasses.field(default_factory=list)
+    first_pred_ious: list[float] = dataclasses.field(default_factory=list)
 
 
 def evaluate_masks(
@@ -85,6 +88,7 @@ def _evaluate_batch(predictor, gts, ids, num_clicks, multimask_all_clicks, pad_t
     ious = np.zeros((b, num_clicks))
     oracle = np.zeros((b, num_clicks))
     active = np.ones(b, bool)  # False once a mask's prediction is exact
+    first_ious = first_pred = None
     scored_masks = None
     mask_input = None
     for k in range(num_clicks):
@@ -123,6 +127,7 @@ def _evaluate_batch(predictor, gts, ids, num_clicks, multimask_all_clicks, pad_t
         new_oracle = step_ious.max(axis=1)
         new_low = low_res[rows, best][:, None]
         if k == 0:
+            first_ious, first_pred = step_ious, np.asarray(iou_pred, np.float64)
             scored_masks, mask_input = new_scored, new_low
             ious[:, 0], oracle[:, 0] = new_iou, new_oracle
             continue
@@ -137,6 +142,8 @@ def _evaluate_batch(predictor, gts, ids, num_clicks, multimask_all_clicks, pad_t
             clicks=[(c.x, c.y, c.label) for c in clicks[i]],
             ious=[float(v) for v in ious[i]],
             oracle_ious=[float(v) for v in oracle[i]],
+            first_output_ious=[float(v) for v in first_ious[i]],
+            first_pred_ious=[float(v) for v in first_pred[i]],
         )
         for i in range(b)
     ]

@@ -39,19 +39,54 @@ def dataset_summary(
     num_images: int,
     skipped: int,
     problems: list[str],
+    first_outputs: list | None = None,
 ) -> dict:
-    """One dataset's entry of results.json. ious: per mask, the IoU after 1..K clicks."""
+    """One dataset's entry of results.json. ious: per mask, the IoU after 1..K clicks;
+    first_outputs: per mask, (actual IoUs, predicted IoUs) of the first click's outputs,
+    summarised by `first_click_summary` under "first_click"."""
     out = {"miou": {}, "oracle_miou": {}}
     if ious:
         a, o = np.asarray(ious), np.asarray(oracle_ious)
         for n in num_clicks:
             out["miou"][str(n)] = float(a[:, n - 1].mean())
             out["oracle_miou"][str(n)] = float(o[:, n - 1].mean())
+    if first_outputs:
+        out["first_click"] = first_click_summary(first_outputs)
     out["num_masks"] = len(ious)
     out["num_images"] = num_images
     out["skipped"] = skipped
     out["problems"] = problems[:20]
     return out
+
+
+def first_click_summary(first_outputs: list) -> dict:
+    """How the first click's outputs and the IoU head did, over masks given as (actual IoUs,
+    predicted IoUs) pairs of equal length M (3 with multimask output):
+
+    output_miou (M,): mean IoU of each output; output_best (M,): the share of masks on
+    which each output is the best (ties split evenly); head_pick (M,): how often the head
+    picks each; head_top1: how often the head's pick is a best output (ties count as
+    right); head_abs_err: mean |predicted - actual| IoU over all outputs; first_output_miou
+    and picked_miou / oracle_miou: always output 0, the head's pick, the best of them.
+    """
+    actual = np.asarray([a for a, _ in first_outputs], np.float64)
+    pred = np.asarray([p for _, p in first_outputs], np.float64)
+    rows = np.arange(len(actual))
+    pick = pred.argmax(1)
+    oracle = actual.max(1)
+    is_best = actual >= oracle[:, None] - 1e-9
+    m = actual.shape[1]
+    return {
+        "num_masks": len(actual),
+        "output_miou": actual.mean(0).tolist(),
+        "output_best": (is_best / is_best.sum(1, keepdims=True)).mean(0).tolist(),
+        "head_pick": (np.bincount(pick, minlength=m) / len(pick)).tolist(),
+        "head_top1": float(is_best[rows, pick].mean()),
+        "head_abs_err": float(np.abs(pred - actual).mean()),
+        "first_output_miou": float(actual[:, 0].mean()),
+        "picked_miou": float(actual[rows, pick].mean()),
+        "oracle_miou": float(oracle.mean()),
+    }
 
 
 def mean_over_datasets(datasets: dict, num_clicks: tuple[int, ...]) -> dict:
@@ -130,6 +165,25 @@ def markdown(results: dict, num_clicks: tuple[int, ...]) -> str:
             f"{mean['num_datasets']} dataset(s), {in_suite} of them from the paper's suite, so "
             "the two are not comparable.",
         ]
+    ranked = {n: d["first_click"] for n, d in results["datasets"].items() if "first_click" in d}
+    if ranked:
+        lines += [
+            "",
+            "First click, per output (%): mIoU, the share of masks on which it is the best, "
+            "the share the IoU head picks it; the head's top-1 accuracy (its pick is a best "
+            "output) and its mean |predicted - actual| IoU.",
+            "",
+            "| dataset | output mIoU | best | head picks | head top-1 | abs. error |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, f in ranked.items():
+
+            def pcts(xs):
+                return " / ".join(_pct(x) for x in xs)
+
+            row = [name, pcts(f["output_miou"]), pcts(f["output_best"]), pcts(f["head_pick"])]
+            row += [_pct(f["head_top1"]), _pct(f["head_abs_err"])]
+            lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     return "\n".join(lines)
 

@@ -152,9 +152,17 @@ def select_samples(
 class _DatasetState:
     ious: list = dataclasses.field(default_factory=list)
     oracle: list = dataclasses.field(default_factory=list)
+    # (actual IoUs, predicted IoUs) of the first click's outputs, per mask that has them
+    first_outputs: list = dataclasses.field(default_factory=list)
     images: int = 0
     skipped: int = 0
     problems: list = dataclasses.field(default_factory=list)
+
+    def add(self, record: dict) -> None:
+        self.ious.append(record["ious"])
+        self.oracle.append(record["oracle_ious"])
+        if record.get("first_output_ious"):  # records of older runs lack them
+            self.first_outputs.append((record["first_output_ious"], record["first_pred_ious"]))
 
     def skip(self, n: int, messages: list[str]) -> None:
         self.skipped += n
@@ -308,8 +316,7 @@ def run_evaluation(
             state = states[name] = _DatasetState()
             state.skip(dataset.skipped, dataset.problems)
             for rec in outputs.previous_records.get(name, []):
-                state.ious.append(rec["ious"])
-                state.oracle.append(rec["oracle_ious"])
+                state.add(rec)
             samples, subsampled = select_samples(
                 dataset.samples,
                 settings.max_masks_per_dataset,
@@ -333,8 +340,7 @@ def run_evaluation(
                 state.images += 1 if records else 0  # images scored, as masks are
                 state.skip(skipped, problems)
                 for r in records:
-                    state.ious.append(r["ious"])
-                    state.oracle.append(r["oracle_ious"])
+                    state.add(r)
                 if state.ious:
                     bar.set_postfix(
                         masks=len(state.ious), miou1=f"{np.mean([i[0] for i in state.ious]):.3f}"
@@ -407,6 +413,8 @@ def _evaluate_sample(predictor, sample: Sample, dataset: str, max_clicks: int, s
             "clicks": [list(c) for c in r.clicks],
             "ious": r.ious,
             "oracle_ious": r.oracle_ious,
+            "first_output_ious": r.first_output_ious,
+            "first_pred_ious": r.first_pred_ious,
         }
         for r in results
     ]
@@ -416,7 +424,13 @@ def _evaluate_sample(predictor, sample: Sample, dataset: str, max_clicks: int, s
 def _write_results(out_dir: Path, states, settings: EvalSettings, final: bool) -> dict:
     datasets = {
         name: report.dataset_summary(
-            s.ious, s.oracle, settings.num_clicks, s.images, s.skipped, s.problems
+            s.ious,
+            s.oracle,
+            settings.num_clicks,
+            s.images,
+            s.skipped,
+            s.problems,
+            first_outputs=s.first_outputs,
         )
         for name, s in states.items()
     }

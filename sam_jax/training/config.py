@@ -61,6 +61,16 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.train.iou_weight = 1.0
     c.train.focal_alpha = 0.25
     c.train.focal_gamma = 2.0
+    # True: error clicks and the IoU head's target only inside the image, not in the zero
+    # padding below or right of it that the predictor crops away and the evaluation never
+    # clicks. False (as before): over the whole padded grid.
+    c.train.clip_to_image = False
+    # With a single click, the paper trains only the lowest-loss of the three outputs (0.0);
+    # > 0 adds this times the mean loss of all three (`losses.sam_loss`'s others_weight).
+    c.train.multimask_others_weight = 0.0
+    # > 0: with a single click, add this times a ranking loss of the IoU head's three
+    # predictions (`losses.iou_rank_loss`) to its squared error (0.0: the paper's recipe).
+    c.train.iou_rank_weight = 0.0
     # Every round's decoder gradient is taken right after the round, so the backward pass
     # holds one round's activations; rolled (unroll False), the rounds also run strictly one
     # after another. Unrolled, XLA fuses across rounds: faster for a few small rounds.
@@ -342,7 +352,15 @@ def validate_config(
             )
     for key in ("box_prob", "interior_prob", "focal_alpha"):
         number(t + key, 0.0, 1.0)
-    for key in ("box_noise_frac", "box_max_noise", "focal_weight", "dice_weight", "iou_weight"):
+    for key in (
+        "box_noise_frac",
+        "box_max_noise",
+        "focal_weight",
+        "dice_weight",
+        "iou_weight",
+        "multimask_others_weight",
+        "iou_rank_weight",
+    ):
         number(t + key, 0.0)
     number(t + "focal_gamma", 0.0)
     if integer(t + "masks_per_chunk", 0) and k_ok:

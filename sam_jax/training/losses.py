@@ -77,6 +77,15 @@ def iou_head_loss(iou_pred: jax.Array, actual_iou: jax.Array) -> jax.Array:
     return jnp.square(iou_pred.astype(jnp.float32) - jax.lax.stop_gradient(actual_iou))
 
 
+def iou_rank_loss(iou_pred: jax.Array, actual_iou: jax.Array, temperature: float) -> jax.Array:
+    """Cross-entropy between softmax(actual / T) and softmax(predicted / T) over the M
+    outputs (..., M) -> (...): zero gradient when the predictions rank and space the
+    outputs as their actual IoUs do, whatever their common offset."""
+    target = jax.nn.softmax(jax.lax.stop_gradient(actual_iou) / temperature, axis=-1)
+    logp = jax.nn.log_softmax(iou_pred.astype(jnp.float32) / temperature, axis=-1)
+    return -(target * logp).sum(-1)
+
+
 def sam_loss(
     low_res_logits: jax.Array,
     iou_pred: jax.Array,
@@ -89,6 +98,10 @@ def sam_loss(
     focal_alpha: float | None = FOCAL_ALPHA,
     focal_gamma: float = FOCAL_GAMMA,
     iou_loss_all_outputs: bool = True,
+    iou_region: jax.Array | None = None,
+    others_weight: float = 0.0,
+    rank_weight: float = 0.0,
+    rank_temperature: float = 0.05,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Loss of one ground-truth mask -> (loss (), terms).
 
@@ -102,7 +115,8 @@ def sam_loss(
     `iou_loss_all_outputs` (the default) every output's prediction is trained, since at
     inference the IoU head ranks all the outputs and the paper trains it against "the
     predicted mask's IoU" without restricting it to the backpropagated mask; otherwise only
-    the chosen output's.
+    the chosen output's. `iou_region` (h, w) bool limits the actual IoU (the head's target)
+    to its pixels, e.g. the image inside the padded input, the only part a user ever sees.
 
     `valid` False (a padding mask) makes the loss and every term zero, and so its gradient.
     terms: loss, mask_loss, focal, dice, iou_mse (the weighted parts before weighting, of the
@@ -112,17 +126,26 @@ def sam_loss(
     focal = sigmoid_focal_loss(low_res_logits, target, focal_alpha, focal_gamma)
     dice = dice_loss(low_res_logits, target)
     per_output = focal_weight * focal + dice_weight * dice
-    actual_iou = mask_iou(low_res_logits, target)
+    if iou_region is None:
+        actual_iou = mask_iou(low_res_logits, target)
+    else:
+        actual_iou = mask_iou(
+            jnp.where(iou_region, low_res_logits, -1.0), jnp.where(iou_region, target, 0)
+        )
     iou_se = iou_head_loss(iou_pred, actual_iou)
 
     if multimask:
         best = jnp.argmin(jax.lax.stop_gradient(per_output))
         mask_loss, focal_t, dice_t = per_output[best], focal[best], dice[best]
+        if others_weight:
+            mask_loss = mask_loss + others_weight * per_output.mean()
     else:
         best = jnp.zeros((), jnp.int32)
         mask_loss, focal_t, dice_t = per_output.mean(), focal.mean(), dice.mean()
     iou_mse = iou_se.mean() if iou_loss_all_outputs else iou_se[best]
     loss = mask_loss + iou_weight * iou_mse
+    if rank_weight and low_res_logits.shape[0] > 1:
+        loss = loss + rank_weight * iou_rank_loss(iou_pred, actual_iou, rank_temperature)
 
     valid = jnp.asarray(valid, bool)
     terms = {

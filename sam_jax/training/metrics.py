@@ -1,5 +1,12 @@
 """What a run reports: `metrics.jsonl` (one JSON line per logged step, trimmed to the
-resumed step on resume), TensorBoard scalars in `tb/`, and a progress bar or log lines."""
+resumed step on resume), TensorBoard scalars in `tb/`, and a progress bar or log lines.
+
+Besides the losses, each line says how the first round's three outputs and the IoU head did
+on the training grid (`step.ranking_sums`): output_iou and output_wins (per output: mean IoU,
+share of min-loss wins), iou_head_top1 (the head's argmax is a truly best output),
+iou_head_abs_err (mean |predicted - actual| IoU), picked_iou and oracle_iou (the head's
+pick, the best of the three). The held-out check reports the same at full resolution.
+"""
 
 from __future__ import annotations
 
@@ -103,6 +110,7 @@ class Progress:
         text = (
             f"step {record['step']}: loss {record['loss']:.4f} "
             f"iou(first/last round) {record['round_iou'][0]:.3f}/{record['round_iou'][-1]:.3f} "
+            f"head top-1 {record.get('iou_head_top1', float('nan')):.2f} "
             f"lr {record['lr']:.2e} {record['images_per_sec']:.1f} img/s"
         )
         if self.bar is not None:

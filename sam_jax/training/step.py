@@ -28,11 +28,13 @@ class TrainState:
     opt_state: Any
 
 
-def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, loss_cfg):
+def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, inside, loss_cfg):
     """Loss terms of one round for all masks, and the logits fed back to the next round.
 
     A single point alone is ambiguous: the three multimask outputs are scored and only the
     best is trained. Any other prompt uses the single-mask output (token 0), as the paper does.
+    inside (N, h, w) bool: the grid cells of the image (not its padding), or None; the IoU
+    head's target is then measured there only.
     """
     num_prompts = (
         state.point_valid.sum(-1)
@@ -47,11 +49,17 @@ def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, loss
         focal_alpha=loss_cfg.focal_alpha,
         focal_gamma=loss_cfg.focal_gamma,
     )
-    multi = jax.vmap(functools.partial(losses.sam_loss, multimask=True, **kw))(
-        logits[:, 1:], iou_pred[:, 1:], gt, valid
-    )
+    multi = jax.vmap(
+        functools.partial(
+            losses.sam_loss,
+            multimask=True,
+            others_weight=loss_cfg.multimask_others_weight,
+            rank_weight=loss_cfg.iou_rank_weight,
+            **kw,
+        )
+    )(logits[:, 1:], iou_pred[:, 1:], gt, valid, iou_region=inside)
     single = jax.vmap(functools.partial(losses.sam_loss, multimask=False, **kw))(
-        logits[:, :1], iou_pred[:, :1], gt, valid
+        logits[:, :1], iou_pred[:, :1], gt, valid, iou_region=inside
     )
     loss = jnp.where(multimask, multi[0], single[0])
     actual_iou = jnp.where(multimask, multi[1]["actual_iou"], single[1]["actual_iou"])
@@ -60,7 +68,43 @@ def _round_outputs(logits, iou_pred, state: prompts.PromptState, gt, valid, loss
     }
     feedback_multi = jax.vmap(prompts.select_for_feedback)(logits[:, 1:], iou_pred[:, 1:])
     feedback = jnp.where(multimask[:, None, None], feedback_multi, logits[:, 0])
-    return loss, terms, actual_iou, feedback
+    seen = logits[:, 1:] if inside is None else jnp.where(inside[:, None], logits[:, 1:], -1.0)
+    ranking = ranking_sums(
+        losses.mask_iou(seen, gt[:, None]),
+        iou_pred[:, 1:],
+        multi[1]["best_index"],
+        multimask & valid,
+    )
+    return loss, terms, actual_iou, feedback, ranking
+
+
+def ranking_sums(output_iou, iou_pred, best_index, counted) -> dict[str, jax.Array]:
+    """Sums over the `counted` masks (N,) of how the three multimask outputs and the IoU
+    head did: per-output IoU (N, 3) on the loss grid, the min-loss choice `best_index` (N,),
+    whether the head's argmax of `iou_pred` (N, 3) is a truly best output (ties count as
+    right), its mean |predicted - actual| IoU, and the IoU of the head's pick and of the
+    best output. Sums (and `count`), so chunks and rounds add up; `ranking_means` divides.
+    """
+    w = counted.astype(jnp.float32)
+    iou_pred = iou_pred.astype(jnp.float32)
+    picked = jnp.take_along_axis(output_iou, jnp.argmax(iou_pred, -1)[:, None], -1)[:, 0]
+    oracle = output_iou.max(-1)
+    wins = jax.nn.one_hot(best_index, output_iou.shape[-1])
+    return {
+        "count": w.sum(),
+        "output_iou": (w[:, None] * output_iou).sum(0),
+        "output_wins": (w[:, None] * wins).sum(0),
+        "iou_head_top1": (w * (picked >= oracle - 1e-6)).sum(),
+        "iou_head_abs_err": (w * jnp.abs(iou_pred - output_iou).mean(-1)).sum(),
+        "picked_iou": (w * picked).sum(),
+        "oracle_iou": (w * oracle).sum(),
+    }
+
+
+def ranking_means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """`ranking_sums` -> means over the counted masks (zeros when none was counted)."""
+    count = jnp.maximum(sums["count"], 1.0)
+    return {k: v / count for k, v in sums.items() if k != "count"}
 
 
 def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
@@ -100,6 +144,17 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
         image_embeddings = embed(encoder_params)
     gt = constrain_batch(gt.reshape(n, low, low))
     frame = jnp.repeat(sizes, k, axis=0).astype(jnp.float32)
+    inside = None
+    if t.clip_to_image:
+        # Grid cells that hold any of the image (the rest is the zero padding below and right
+        # of it, which the predictor crops away): error clicks and the IoU head's target stay
+        # there, as they do for a user.
+        cells = jnp.ceil(frame / scale)
+        grid = jnp.arange(low, dtype=jnp.float32)
+        inside = (grid[None, :, None] < cells[:, 0, None, None]) & (
+            grid[None, None, :] < cells[:, 1, None, None]
+        )
+        inside = constrain_batch(inside)
     text_kwargs = {}
     text_dim = module.text_embed_dim
     if text_dim:  # a text-prompt model: embeddings from the batch when it has them
@@ -140,7 +195,7 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
         x = x.reshape(num_chunks, b, chunk, *x.shape[2:])
         return jnp.swapaxes(x, 0, 1).reshape(n, *x.shape[3:])
 
-    def round_loss(decoder_params, image_embeddings, state, mask_inputs, gt, valid, key):
+    def round_loss(decoder_params, image_embeddings, state, mask_inputs, gt, valid, inside, key):
         """Summed loss of one round's masks (or a chunk of them) over all valid masks of the
         batch (so chunks add up to the mean); aux: terms, IoU, fed-back logits."""
         state = jax.tree_util.tree_map(constrain_batch, state)
@@ -161,17 +216,21 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
             rngs={"dropout": key},
             method=Sam.decode_all,
         )
-        loss, terms, iou, feedback = _round_outputs(logits, iou_pred, state, gt, valid, t)
+        loss, terms, iou, feedback, ranking = _round_outputs(
+            logits, iou_pred, state, gt, valid, inside, t
+        )
 
         def mean(x):
             return jnp.sum(jnp.where(valid, x, 0.0)) / num_valid
 
         terms = jax.tree_util.tree_map(mean, terms)
-        return mean(loss), (terms, mean(iou), constrain_batch(feedback))
+        ranking = jax.lax.stop_gradient(ranking)
+        return mean(loss), (terms, mean(iou), ranking, constrain_batch(feedback))
 
-    def chunk_round(state, mask_inputs, gt, valid, key):
-        """-> (loss, (terms, iou, feedback), (decoder grads, embedding grads) or None)."""
-        args = (decoder_params, image_embeddings, state, mask_inputs, gt, valid, key)
+    def chunk_round(state, mask_inputs, gt, valid, inside, key):
+        """-> (loss, (terms, iou, ranking, feedback), (decoder grads, embedding grads) or
+        None)."""
+        args = (decoder_params, image_embeddings, state, mask_inputs, gt, valid, inside, key)
         if not with_grads:
             return *round_loss(*args), None
         grad_fn = jax.value_and_grad(round_loss, argnums=(0, 1), has_aux=True)
@@ -180,38 +239,40 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
 
     def run_round(state, mask_inputs, key):
         if num_chunks == 1:
-            return chunk_round(state, mask_inputs, gt, valid, key)
+            return chunk_round(state, mask_inputs, gt, valid, inside, key)
         # Masks are independent given the image embeddings: decode and differentiate them
         # a chunk at a time, in a rolled loop, so only one chunk's activations are live.
-        xs = jax.tree_util.tree_map(to_chunks, (state, mask_inputs, gt, valid))
+        xs = jax.tree_util.tree_map(to_chunks, (state, mask_inputs, gt, valid, inside))
         xs = (*xs, jax.random.split(key, num_chunks))
-        loss, (terms, iou, _), grads = jax.eval_shape(
+        loss, (terms, iou, ranking, _), grads = jax.eval_shape(
             chunk_round, *jax.tree_util.tree_map(lambda x: x[0], xs)
         )
         zeros = jax.tree_util.tree_map(
-            lambda x: jnp.zeros(x.shape, x.dtype), (loss, (terms, iou), grads)
+            lambda x: jnp.zeros(x.shape, x.dtype), (loss, (terms, iou, ranking), grads)
         )
 
         def body(acc, xs):
-            loss, (terms, iou, feedback), grads = chunk_round(*xs)
-            acc = jax.tree_util.tree_map(jnp.add, acc, (loss, (terms, iou), grads))
+            loss, (terms, iou, ranking, feedback), grads = chunk_round(*xs)
+            acc = jax.tree_util.tree_map(jnp.add, acc, (loss, (terms, iou, ranking), grads))
             return acc, feedback
 
-        (loss, (terms, iou), grads), feedback = jax.lax.scan(body, zeros, xs)
-        return loss, (terms, iou, from_chunks(feedback)), grads
+        (loss, (terms, iou, ranking), grads), feedback = jax.lax.scan(body, zeros, xs)
+        return loss, (terms, iou, ranking, from_chunks(feedback)), grads
 
     keys = jax.random.split(k_dec, t.num_iterations)
-    loss0, (terms0, iou0, feedback), grads = run_round(state, None, keys[0])
+    # Only the first round's statistics are kept: its single click is what the three
+    # outputs and the IoU head are there for (and what the first held-out click scores).
+    loss0, (terms0, iou0, ranking0, feedback), grads = run_round(state, None, keys[0])
 
     def one_round(carry, xs):
         state, feedback, grads = carry
         adds, k_point, k_dec = xs
-        pred = feedback > 0
+        pred = feedback > 0 if inside is None else (feedback > 0) & inside
         xy, label, ok = jax.vmap(prompts.error_region_point, in_axes=(0, 0, 0, None, None))(
             jax.random.split(k_point, n), pred, gt, scale, t.interior_prob
         )
         state = jax.vmap(prompts.add_point)(state, xy, label, ok & valid & adds)
-        loss, (terms, iou, feedback), round_grads = run_round(
+        loss, (terms, iou, _, feedback), round_grads = run_round(
             state, jax.lax.stop_gradient(feedback), k_dec
         )
         grads = jax.tree_util.tree_map(jnp.add, grads, round_grads)
@@ -239,6 +300,7 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
         "iou_mse": round_terms["iou_mse"].sum(),
         "round_iou": round_iou,
         "valid_masks": valid.sum(),
+        **ranking_means(ranking0),
     }
     if with_grads:
         decoder_grads, embedding_grads = grads

@@ -240,6 +240,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
             if "1" in result["oracle_miou"]:
                 clicks += f" (1 click, best of the three outputs: {result['oracle_miou']['1']:.3f})"
             print(f"held-out synthetic mIoU ({result['num_masks']} masks): {clicks}", flush=True)
+            if "first_click" in result:
+                f = result["first_click"]
+                print(
+                    f"IoU head at the first click: top-1 {f['head_top1']:.3f}, mean |predicted -"
+                    f" actual| {f['head_abs_err']:.3f}; per-output mIoU "
+                    + " / ".join(f"{v:.3f}" for v in f["output_miou"]),
+                    flush=True,
+                )
             if "text" in result:
                 t = result["text"]
                 kinds = ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in t["miou"].items())
