@@ -303,8 +303,16 @@ def _images(settings, coco: CocoSet, wanted=None) -> list[dict]:
     return images[: settings.max_images or None]
 
 
-def _loop(desc, items, done, key, work, out_file, counters):
-    """Run `work(item)` -> record for each item not in `done`; one bad item is a skip."""
+def _loop(store, name, task, items, done, key, work, counters) -> float:
+    """Run `work(item)` -> record for each item not in `done`, appending each to the
+    dataset's records; one bad item is a skip. Returns the seconds spent."""
+    start = time.monotonic()
+    with store.open(name) as out_file:
+        _run_items(f"{name} {task}", items, done, key, work, out_file, counters)
+    return time.monotonic() - start
+
+
+def _run_items(desc, items, done, key, work, out_file, counters):
     bar = tqdm(items, desc=desc, unit="img", dynamic_ncols=True)
     for item in bar:
         k = str(key(item))
@@ -356,16 +364,8 @@ def _instances(settings, store, predictor, name, data, model, text_encoder) -> d
             "clipped": dets.clipped,
         }
 
-    with store.open(name) as f:
-        start = time.monotonic()
-        _loop(f"{name} instances", images, done, lambda i: i["id"], work, f, counters)
-        elapsed = time.monotonic() - start
-    results = [r for rec in done.values() for r in rec.get("results", [])]
-    report.write_atomic(store.dir / f"{_safe(name)}.json", json.dumps(results))
-    scored = [img["id"] for img in images if "results" in done.get(str(img["id"]), {})]
-    # Over every image of the ground truth, as the evaluators do by default (images without
-    # detections, and skipped ones, count as all missed), unless --max_images limited the run.
-    scope = scored if settings.max_images else None
+    elapsed = _loop(store, name, "instances", images, done, lambda i: i["id"], work, counters)
+    results, scored, scope = _coco_results(settings, store, name, images, done)
     metrics = coco_tasks.instance_metrics(coco.ground_truth, results, scope)
     skipped, problems = _skips(done)
     n_masks = len(results)
@@ -378,6 +378,17 @@ def _instances(settings, store, predictor, name, data, model, text_encoder) -> d
         "boxes_clipped": int(sum(r.get("clipped", 0) for r in done.values())),
         "masks_per_second": _rate(n_masks, counters, elapsed, len(done)),
     }
+
+
+def _coco_results(settings, store, name, images, done):
+    """The COCO results of the finished images, written to `<task>/<dataset>.json` ->
+    (results, ids of the images scored, the image ids to evaluate over). The evaluation
+    covers every image of the ground truth, as the evaluators do by default (images without
+    detections, and skipped ones, count as all missed), unless --max_images limited the run."""
+    results = [r for rec in done.values() for r in rec.get("results", [])]
+    report.write_atomic(store.dir / f"{_safe(name)}.json", json.dumps(results))
+    scored = [img["id"] for img in images if "results" in done.get(str(img["id"]), {})]
+    return results, scored, (scored if settings.max_images else None)
 
 
 def _rate(total, counters, elapsed, n_done):
@@ -422,14 +433,8 @@ def _proposals(settings, store, predictor, name, data, model, text_encoder) -> d
             "generated": len(records),
         }
 
-    with store.open(name) as f:
-        start = time.monotonic()
-        _loop(f"{name} proposals", images, done, lambda i: i["id"], work, f, counters)
-        elapsed = time.monotonic() - start
-    results = [r for rec in done.values() for r in rec.get("results", [])]
-    report.write_atomic(store.dir / f"{_safe(name)}.json", json.dumps(results))
-    scored = [img["id"] for img in images if "results" in done.get(str(img["id"]), {})]
-    scope = scored if settings.max_images else None  # as for instances
+    elapsed = _loop(store, name, "proposals", images, done, lambda i: i["id"], work, counters)
+    results, scored, scope = _coco_results(settings, store, name, images, done)
     metrics = coco_tasks.proposal_metrics(coco.ground_truth, results, scope, settings.max_proposals)
     skipped, problems = _skips(done)
     return {
@@ -475,10 +480,7 @@ def _edges(settings, store, predictor, name, data, model, text_encoder) -> dict:
         counts = bsds.evaluate_image(out["edges"], ground_truth)
         return {"counts": counts.as_dict(), "masks_kept": out["masks_kept"]}
 
-    with store.open(name) as f:
-        start = time.monotonic()
-        _loop(f"{name} edges", data, done, lambda item: item[0], work, f, counters)
-        elapsed = time.monotonic() - start
+    elapsed = _loop(store, name, "edges", data, done, lambda item: item[0], work, counters)
     counts = [bsds.ImageCounts.from_dict(r["counts"]) for r in done.values() if "counts" in r]
     skipped, problems = _skips(done)
     if not counts:
@@ -551,10 +553,7 @@ def _text(settings, store, predictor, name, data, model, text_encoder) -> dict:
             ]
         }
 
-    with store.open(name) as f:
-        start = time.monotonic()
-        _loop(f"{name} text", images, done, lambda i: i["id"], work, f, counters)
-        elapsed = time.monotonic() - start
+    elapsed = _loop(store, name, "text", images, done, lambda i: i["id"], work, counters)
     inst = [i for rec in done.values() for i in rec.get("instances", [])]
     skipped, problems = _skips(done)
     per_cat: dict = {}
