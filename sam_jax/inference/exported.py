@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.inference.build import SamModel
-from sam_jax.inference.predictor import VALID_LABELS, _bucket, as_uint8_rgb
+from sam_jax.inference.predictor import VALID_LABELS, _bucket, as_uint8_rgb, fill_canvas
 from sam_jax.inference.transforms import ResizeLongestSide
 from sam_jax.modeling.sam import Sam, postprocess_masks, postprocess_matrices
 
@@ -265,13 +265,11 @@ class ExportedPredictor:
 
     def set_image(self, image: np.ndarray) -> None:
         image = as_uint8_rgb(image)
-        resized = self.transform.apply_image(np.ascontiguousarray(image))
         s = self.exported.image_size
         canvas = np.zeros((1, s, s, 3), np.uint8)
-        canvas[0, : resized.shape[0], : resized.shape[1]] = resized
-        self.features = self.exported.embed(canvas, np.array([resized.shape[:2]], np.int32))
+        input_size = fill_canvas(canvas[0], image, self.transform)
+        self.features = self.exported.embed(canvas, np.array([input_size], np.int32))
         self.original_size = tuple(int(v) for v in image.shape[:2])
-        input_size = tuple(int(v) for v in resized.shape[:2])
         low = self.exported.low_res_size
         self._rows, self._cols = postprocess_matrices((low, low), s, input_size, self.original_size)
 

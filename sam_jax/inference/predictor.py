@@ -26,6 +26,14 @@ def _bucket(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def fill_canvas(canvas: np.ndarray, image: np.ndarray, transform) -> tuple[int, int]:
+    """Resize `image` (longest side to the model size) into the top left of `canvas`
+    (S, S, 3) uint8, zero padding the rest; returns the resized (height, width)."""
+    resized = transform.apply_image(np.ascontiguousarray(image))
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    return int(resized.shape[0]), int(resized.shape[1])
+
+
 def as_uint8_rgb(image, name: str = "image") -> np.ndarray:
     """Check an H x W x 3 image and return it as uint8, or raise ValueError naming why.
 
@@ -115,14 +123,12 @@ class SamPredictor:
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Compute the embedding of an H x W x 3 image (uint8, or float in [0, 1])."""
         image = self._prepare(image, image_format)
-        resized = self.transform.apply_image(np.ascontiguousarray(image))
         s = self.model.image_size
         canvas = np.zeros((1, s, s, 3), np.uint8)
-        canvas[0, : resized.shape[0], : resized.shape[1]] = resized
-        sizes = np.array([resized.shape[:2]], np.int32)
+        input_size = fill_canvas(canvas[0], image, self.transform)
         self.reset_image()
-        features = self._embed(self.model.params, canvas, sizes)
-        self._use(features, tuple(int(v) for v in image.shape[:2]), resized.shape[:2])
+        features = self._embed(self.model.params, canvas, np.array([input_size], np.int32))
+        self._use(features, image.shape[:2], input_size)
 
     def set_images(self, images, image_format: str = "RGB", images_per_call: int = 8) -> None:
         """Embed several images (a sequence of H x W x 3 arrays, sizes may differ), up to
@@ -148,10 +154,8 @@ class SamPredictor:
             sizes[:] = s  # padding slots: a full canvas of zeros, dropped below
             resized_shapes = []
             for i, im in enumerate(chunk):
-                resized = self.transform.apply_image(np.ascontiguousarray(im))
-                canvas[i, : resized.shape[0], : resized.shape[1]] = resized
-                sizes[i] = resized.shape[:2]
-                resized_shapes.append(resized.shape[:2])
+                sizes[i] = fill_canvas(canvas[i], im, self.transform)
+                resized_shapes.append(tuple(sizes[i]))
             features = self._embed(self.model.params, canvas, sizes)
             for i, im in enumerate(chunk):
                 states.append((features[i : i + 1], tuple(im.shape[:2]), resized_shapes[i]))
