@@ -16,7 +16,7 @@ import numpy as np
 
 from sam_jax.inference.build import SamModel
 from sam_jax.inference.transforms import ResizeLongestSide
-from sam_jax.modeling.sam import Sam, postprocess_masks, postprocess_matrices
+from sam_jax.modeling.sam import Sam, dense_pe, postprocess_masks, postprocess_matrices
 
 VALID_LABELS = (-1, 0, 1)
 
@@ -113,6 +113,8 @@ class SamPredictor:
             functools.partial(_decode_and_postprocess, module),
             static_argnames=("multimask_output", "return_logits"),
         )
+        # The image-grid positional encoding is the same for every prompt: made once.
+        self._image_pe = jax.jit(functools.partial(dense_pe, module))(sam_model.params)
         self.reset_image()
 
     @property
@@ -425,6 +427,7 @@ class SamPredictor:
             take(boxes),
             take(masks),
             take(text),
+            self._image_pe,
             self._post_rows,
             self._post_cols,
             multimask_output=bool(multimask_output),
@@ -549,7 +552,19 @@ class SamPredictor:
         return emb, emb.shape[0]
 
 
-def _decode(module, params, features, coords, labels, valid, boxes, masks, text, multimask_output):
+def _decode(
+    module,
+    params,
+    features,
+    coords,
+    labels,
+    valid,
+    boxes,
+    masks,
+    text,
+    multimask_output,
+    image_pe=None,
+):
     return module.apply(
         {"params": params},
         features,
@@ -560,6 +575,7 @@ def _decode(module, params, features, coords, labels, valid, boxes, masks, text,
         multimask_output,
         valid,
         text_embeddings=text,
+        image_pe=image_pe,
         method=Sam.decode,
     )
 
@@ -574,13 +590,24 @@ def _decode_and_postprocess(
     boxes,
     masks,
     text,
+    image_pe,
     rows,
     cols,
     multimask_output,
     return_logits,
 ):
     low, iou = _decode(
-        module, params, features, coords, labels, valid, boxes, masks, text, multimask_output
+        module,
+        params,
+        features,
+        coords,
+        labels,
+        valid,
+        boxes,
+        masks,
+        text,
+        multimask_output,
+        image_pe,
     )
     out = postprocess_masks(low, rows, cols)
     return (out if return_logits else out > Sam.mask_threshold), iou, low

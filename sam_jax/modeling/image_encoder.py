@@ -77,12 +77,22 @@ class QKVProjection(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over an (H, W) grid with optional decomposed rel-pos."""
+    """Multi-head self-attention over an (H, W) grid with optional decomposed rel-pos.
+
+    With window_size > 0 it attends within non-overlapping windows (the grid zero-padded to
+    a multiple of the window, as the reference does after the block's LayerNorm). The q/k/v
+    and output projections run on the unpadded grid: a padding token's q/k/v is the
+    projection of zero, i.e. the bias, so the windows are filled with it after projecting,
+    and padded queries' outputs are dropped before the output projection. The result is
+    the reference's, without projecting the padding (4900 tokens instead of 4096 for
+    ViT-B at 1024).
+    """
 
     num_heads: int
     qkv_bias: bool = True
     use_rel_pos: bool = False
     input_size: tuple[int, int] | None = None
+    window_size: int = 0
     dtype: Dtype = jnp.float32
     attention_impl: str = "auto"
 
@@ -90,11 +100,27 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         b, h, w, dim = x.shape
         head_dim = dim // self.num_heads
+        project = QKVProjection(self.num_heads, self.qkv_bias, dtype=self.dtype, name="qkv")
+        qkv = project(x.reshape(b, h * w, dim))
+        if self.window_size > 0:
+            qkv = qkv.reshape(b, h, w, 3 * dim)
+            # A zero token's projection: exactly the bias (or zeros without one).
+            pad_value = project(jnp.zeros((1, 1, dim), x.dtype)).reshape(3 * dim)
+            windows, padded_hw = _partition_padded(qkv, self.window_size, pad_value)
+            out = self._attend(windows.reshape(windows.shape[0], -1, 3, self.num_heads, head_dim))
+            ws = self.window_size
+            out = window_unpartition(out.reshape(-1, ws, ws, dim), ws, padded_hw, (h, w))
+        else:
+            out = self._attend(qkv, (h, w)).reshape(b, h, w, dim)
+        return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
+
+    def _attend(self, qkv: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
+        """(N, h*w, 3, heads, D) projections -> (N, h*w, heads * D) attention outputs."""
+        n, length = qkv.shape[:2]
+        head_dim = qkv.shape[-1]
+        h, w = grid or (self.window_size, self.window_size)
         scale = head_dim**-0.5
-        qkv = QKVProjection(self.num_heads, self.qkv_bias, dtype=self.dtype, name="qkv")(
-            x.reshape(b, h * w, dim)
-        )
-        q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each (B, heads, H*W, D)
+        q, k, v = jnp.transpose(qkv, (2, 0, 3, 1, 4))  # each (N, heads, h*w, D)
         if self.use_rel_pos:
             if self.input_size is None:
                 raise ValueError("input_size is required when use_rel_pos=True")
@@ -106,22 +132,37 @@ class Attention(nn.Module):
             )
             table_h = get_rel_pos(h, h, rel_pos_h).astype(self.dtype)  # (H, H, D)
             table_w = get_rel_pos(w, w, rel_pos_w).astype(self.dtype)  # (W, W, D)
-            grid_q = q.reshape(b, self.num_heads, h, w, head_dim)
+            grid_q = q.reshape(n, self.num_heads, h, w, head_dim)
             rel_h = jnp.einsum("bnyxc,ykc->bnyxk", grid_q, table_h)
             rel_w = jnp.einsum("bnyxc,xkc->bnyxk", grid_q, table_w)
             out = rel_pos_attention(
                 q,
                 k,
                 v,
-                rel_h.reshape(b, self.num_heads, h * w, h),
-                rel_w.reshape(b, self.num_heads, h * w, w),
+                rel_h.reshape(n, self.num_heads, h * w, h),
+                rel_w.reshape(n, self.num_heads, h * w, w),
                 scale=scale,
                 implementation=self.attention_impl,
             )
         else:
             out = dot_product_attention(q, k, v, scale=scale, implementation=self.attention_impl)
-        out = jnp.transpose(out, (0, 2, 1, 3)).reshape(b, h, w, dim)
-        return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
+        return jnp.transpose(out, (0, 2, 1, 3)).reshape(n, length, -1)
+
+
+def _partition_padded(
+    x: jax.Array, window_size: int, pad_value: jax.Array
+) -> tuple[jax.Array, tuple[int, int]]:
+    """`window_partition` with the padding filled with `pad_value` (C,) instead of zeros."""
+    b, h, w, c = x.shape
+    if h % window_size or w % window_size:
+        hp, wp = _round_up(h, window_size), _round_up(w, window_size)
+        filled = jnp.broadcast_to(pad_value, (b, hp, wp, c))
+        x = jax.lax.dynamic_update_slice(filled, x, (0, 0, 0, 0))
+    return window_partition(x, window_size)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
@@ -168,23 +209,20 @@ class Block(nn.Module):
         dim = x.shape[-1]
         shortcut = x
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm1")(x)
-        h, w = x.shape[1], x.shape[2]
-        if self.window_size > 0:
-            x, padded_hw = window_partition(x, self.window_size)
-        attn_size = (
-            self.input_size if self.window_size == 0 else (self.window_size, self.window_size)
-        )
         x = Attention(
             self.num_heads,
             qkv_bias=self.qkv_bias,
             use_rel_pos=self.use_rel_pos,
-            input_size=attn_size,
+            input_size=(
+                self.input_size
+                if self.window_size == 0
+                else (self.window_size, self.window_size)
+            ),
+            window_size=self.window_size,
             dtype=self.dtype,
             attention_impl=self.attention_impl,
             name="attn",
         )(x)
-        if self.window_size > 0:
-            x = window_unpartition(x, self.window_size, padded_hw, (h, w))
         x = shortcut + self._drop_path(x, deterministic)
         y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm2")(x)
         y = MLPBlock(int(dim * self.mlp_ratio), dtype=self.dtype, name="mlp")(y)

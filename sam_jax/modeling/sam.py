@@ -135,13 +135,16 @@ class Sam(nn.Module):
         box_valid: jax.Array | None = None,
         text_embeddings: jax.Array | None = None,
         text_valid: jax.Array | None = None,
+        image_pe: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Prompts in the model's input frame -> (low-res logits (B, M, 4h, 4w), iou (B, M)).
 
         point_valid (B, N) marks padding points; box_valid (B,) marks rows without a box
         when boxes are given for a mixed batch (see PromptEncoder). text_embeddings
         (B, text_embed_dim) are CLIP embeddings (text or image), text_valid (B,) the rows
-        that have one; only for models built with text_embed_dim > 0.
+        that have one; only for models built with text_embed_dim > 0. image_pe: the
+        `dense_pe` of these parameters, when the caller keeps it (it is the same for every
+        prompt; computing it is a sixth of a ViT-B decode on CPU); None computes it.
         """
         masks, iou_pred = self.decode_all(
             image_embeddings,
@@ -154,6 +157,7 @@ class Sam(nn.Module):
             deterministic,
             text_embeddings,
             text_valid,
+            image_pe,
         )
         if multimask_output:
             return masks[:, 1:], iou_pred[:, 1:]
@@ -171,6 +175,7 @@ class Sam(nn.Module):
         deterministic: bool = True,
         text_embeddings: jax.Array | None = None,
         text_valid: jax.Array | None = None,
+        image_pe: jax.Array | None = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Like `decode` but every mask token's output: (B, 1 + num_multimask, 4h, 4w) and
         (B, 1 + num_multimask); index 0 is the single-mask output. Training picks per row."""
@@ -184,9 +189,11 @@ class Sam(nn.Module):
             text=text_embeddings,
             text_valid=text_valid,
         )
+        if image_pe is None:
+            image_pe = self.prompt_encoder.get_dense_pe()
         return self.mask_decoder(
             image_embeddings,
-            self.prompt_encoder.get_dense_pe(),
+            image_pe,
             sparse,
             dense,
             None,
@@ -245,6 +252,11 @@ def postprocess_matrices(
         down = _bilinear_matrix(original_size[axis], input_size[axis])
         mats.append((down @ up).astype(np.float32))
     return mats[0], mats[1]
+
+
+def dense_pe(module: Sam, params) -> jax.Array:
+    """The positional encoding of the image embedding grid (1, h, w, C) for `params`."""
+    return module.apply({"params": params}, method=lambda m: m.prompt_encoder.get_dense_pe())
 
 
 def postprocess_masks(low_res: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
