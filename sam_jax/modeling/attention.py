@@ -134,8 +134,14 @@ def _softmax_attend(scores: jax.Array, v: jax.Array) -> jax.Array:
     """
     scores = scores.astype(jnp.float32)
     weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(-1, keepdims=True)))
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
-    return (out / weights.sum(-1, keepdims=True).astype(out.dtype)).astype(v.dtype)
+    out = _matmul("bhqk,bhkd->bhqd", weights.astype(v.dtype), v)
+    return (out / weights.sum(-1, keepdims=True)).astype(v.dtype)
+
+
+def _matmul(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """An einsum accumulated and returned in float32 whatever the operands' dtype (bf16
+    operands then take the CPU's bf16 dot-product instructions; float32 is unchanged)."""
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
 
 
 def _token_major(x: jax.Array) -> jax.Array:
@@ -201,7 +207,7 @@ def pallas_tpu_kernel(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 def _xla_folded_kernel(q_aug: jax.Array, k_aug: jax.Array, v: jax.Array) -> jax.Array:
     """The XLA path's windows: one einsum for the folded scores; v keeps its own head dim."""
-    return _softmax_attend(jnp.einsum("bhqd,bhkd->bhqk", q_aug, k_aug), v)
+    return _softmax_attend(_matmul("bhqd,bhkd->bhqk", q_aug, k_aug), v)
 
 
 def _pallas_kernel(platform: str) -> tuple[Kernel, int]:
@@ -244,7 +250,7 @@ def dot_product_attention(
     mask = None if key_mask is None else key_mask[:, None, None, :]
     if implementation == "cudnn":
         return _cudnn(q, k, v, mask=mask, scale=scale)
-    scores = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
+    scores = _matmul("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
     if mask is not None:
         scores = jnp.where(mask, scores, -jnp.inf)
     return _softmax_attend(scores, v)
@@ -296,7 +302,7 @@ def _dense_rel_pos(qs, k, v, rel_h, rel_w):
     """All heads at once: scores (B, heads, L, L) plus the broadcast bias."""
     b, heads, length, _ = qs.shape
     gh, gw = rel_h.shape[-1], rel_w.shape[-1]
-    scores = jnp.einsum("bhqd,bhkd->bhqk", qs, k).reshape(b, heads, length, gh, gw)
+    scores = _matmul("bhqd,bhkd->bhqk", qs, k).reshape(b, heads, length, gh, gw)
     scores = scores + rel_h[..., :, None] + rel_w[..., None, :]
     return _softmax_attend(scores.reshape(b, heads, length, length), v)
 
@@ -359,7 +365,7 @@ def rel_pos_attention(
 
         def one_chunk(c):
             qc, hc, wc = c
-            scores = jnp.einsum("qd,kd->qk", qc, k1).reshape(chunk, gh, gw)
+            scores = _matmul("qd,kd->qk", qc, k1).reshape(chunk, gh, gw)
             scores = scores + hc[:, :, None] + wc[:, None, :]
             return _softmax_attend(scores.reshape(1, 1, chunk, length), v1[None, None])[0, 0]
 

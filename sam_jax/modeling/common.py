@@ -10,6 +10,35 @@ import jax.numpy as jnp
 
 Dtype = jnp.dtype
 
+_HALF = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def dot_general_for(dtype: Dtype) -> Callable:
+    """The `dot_general` of layers computing in `dtype`: for bfloat16/float16 the product
+    accumulates and comes out in float32 and is then rounded to `dtype`; float32 is
+    unchanged. The result is at least as exact as a half-precision product, and on CPUs
+    with bf16 dot-product instructions XLA only uses them for this form: a ViT-B-sized
+    GEMM ran at about 300 GFLOP/s this way against 160 for a bf16-out product (the same as
+    float32) on a 2-core AVX-512 BF16 machine.
+    """
+    if jnp.dtype(dtype) not in _HALF:
+        return jax.lax.dot_general
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+        out = jax.lax.dot_general(
+            lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=jnp.float32
+        )
+        return out.astype(dtype)
+
+    return dot_general
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype: Dtype) -> jax.Array:
+    """`jnp.einsum` of two operands in `dtype`, accumulated as `dot_general_for` does."""
+    if jnp.dtype(dtype) not in _HALF:
+        return jnp.einsum(spec, a, b)
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(dtype)
+
 
 def gelu(x: jax.Array) -> jax.Array:
     """Exact (erf) GELU, as torch.nn.GELU's default."""
@@ -32,9 +61,13 @@ class MLPBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         dim = x.shape[-1]
-        x = nn.Dense(self.mlp_dim, dtype=self.dtype, name="lin1")(x)
+        x = nn.Dense(
+            self.mlp_dim, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="lin1"
+        )(x)
         x = ACTIVATIONS[self.activation](x)
-        return nn.Dense(dim, dtype=self.dtype, name="lin2")(x)
+        return nn.Dense(
+            dim, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="lin2"
+        )(x)
 
 
 class MLP(nn.Module):
@@ -51,7 +84,12 @@ class MLP(nn.Module):
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
             features = self.output_dim if last else self.hidden_dim
-            x = nn.Dense(features, dtype=self.dtype, name=f"layers_{i}")(x)
+            x = nn.Dense(
+                features,
+                dtype=self.dtype,
+                dot_general=dot_general_for(self.dtype),
+                name=f"layers_{i}",
+            )(x)
             if not last:
                 x = jax.nn.relu(x)
         if self.sigmoid_output:
@@ -82,6 +120,6 @@ class ConvTranspose2x2(nn.Module):
         )
         bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         x = x.astype(self.dtype)
-        y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel.astype(self.dtype))
+        y = einsum("bhwc,ijco->bhiwjo", x, kernel.astype(self.dtype), self.dtype)
         y = y.reshape(b, 2 * h, 2 * w, self.features)
         return y + bias.astype(self.dtype)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention
-from sam_jax.modeling.common import Dtype, MLPBlock, layer_norm_2d
+from sam_jax.modeling.common import Dtype, MLPBlock, dot_general_for, einsum, layer_norm_2d
 from sam_jax.modeling.sharding import constrain, constrain_batch
 
 
@@ -69,7 +69,7 @@ class QKVProjection(nn.Module):
         shape = (3, self.num_heads, dim // self.num_heads)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (dim, 3 * dim))
         kernel = constrain(kernel.reshape(dim, *shape), (None, None, "heads", None))
-        y = jnp.einsum("...c,cthd->...thd", x.astype(self.dtype), kernel.astype(self.dtype))
+        y = einsum("...c,cthd->...thd", x.astype(self.dtype), kernel.astype(self.dtype), self.dtype)
         if self.use_bias:
             bias = self.param("bias", nn.initializers.zeros, (3 * dim,))
             y = y + constrain(bias.reshape(shape), (None, "heads", None)).astype(self.dtype)
@@ -112,7 +112,9 @@ class Attention(nn.Module):
             out = window_unpartition(out.reshape(-1, ws, ws, dim), ws, padded_hw, (h, w))
         else:
             out = self._attend(qkv, (h, w)).reshape(b, h, w, dim)
-        return nn.Dense(dim, dtype=self.dtype, name="proj")(out)
+        return nn.Dense(
+            dim, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="proj"
+        )(out)
 
     def _attend(self, qkv: jax.Array, grid: tuple[int, int] | None = None) -> jax.Array:
         """(N, h*w, 3, heads, D) projections -> (N, h*w, heads * D) attention outputs."""
@@ -214,9 +216,7 @@ class Block(nn.Module):
             qkv_bias=self.qkv_bias,
             use_rel_pos=self.use_rel_pos,
             input_size=(
-                self.input_size
-                if self.window_size == 0
-                else (self.window_size, self.window_size)
+                self.input_size if self.window_size == 0 else (self.window_size, self.window_size)
             ),
             window_size=self.window_size,
             dtype=self.dtype,

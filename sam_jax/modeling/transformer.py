@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sam_jax.modeling.attention import dot_product_attention
-from sam_jax.modeling.common import Dtype, MLPBlock
+from sam_jax.modeling.common import Dtype, MLPBlock, dot_general_for
 
 
 class Attention(nn.Module):
@@ -29,12 +29,29 @@ class Attention(nn.Module):
             x = x.reshape(*x.shape[:2], self.num_heads, internal // self.num_heads)
             return jnp.swapaxes(x, 1, 2)
 
-        q = heads(nn.Dense(internal, dtype=self.dtype, name="q_proj")(q))
-        k = heads(nn.Dense(internal, dtype=self.dtype, name="k_proj")(k))
-        v = heads(nn.Dense(internal, dtype=self.dtype, name="v_proj")(v))
+        q = heads(
+            nn.Dense(
+                internal, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="q_proj"
+            )(q)
+        )
+        k = heads(
+            nn.Dense(
+                internal, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="k_proj"
+            )(k)
+        )
+        v = heads(
+            nn.Dense(
+                internal, dtype=self.dtype, dot_general=dot_general_for(self.dtype), name="v_proj"
+            )(v)
+        )
         out = dot_product_attention(q, k, v, key_mask=key_mask, implementation=self.attention_impl)
         out = jnp.swapaxes(out, 1, 2).reshape(q.shape[0], q.shape[2], internal)
-        return nn.Dense(self.embedding_dim, dtype=self.dtype, name="out_proj")(out)
+        return nn.Dense(
+            self.embedding_dim,
+            dtype=self.dtype,
+            dot_general=dot_general_for(self.dtype),
+            name="out_proj",
+        )(out)
 
 
 class TwoWayAttentionBlock(nn.Module):
