@@ -12,7 +12,8 @@ matrix products; the token-major layout cost about 40% more in the ViT-B global 
     "pallas" for the global blocks on TPU, "xla" otherwise (CPU, fp32). The decoder's
     attentions (a few prompt tokens) always take "xla" under "auto".
   - "xla": einsums and a float32 softmax; runs everywhere and is the parity path. Global
-    blocks go one (image, head) at a time, so one 4096 x 4096 score matrix is live at once.
+    blocks go one (image, head) and QUERY_CHUNK queries at a time, so one 256 x 4096
+    block of scores is live at once and stays in cache.
   - "dense": all heads' scores at once with the relative-position bias broadcast; the
     plainest form, for tests and for counting FLOPs (it has no loops), not for running
     full size (it materialises (B, heads, L, L)).
