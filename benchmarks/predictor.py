@@ -14,6 +14,7 @@ set_image time).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -50,6 +51,7 @@ def main() -> None:
     parser.add_argument(
         "--batches", default="", help="comma-separated set_images batch sizes, e.g. 1,2,4,8"
     )
+    parser.add_argument("--json", help="also write every timing to this file")
     args = parser.parse_args()
 
     import jax
@@ -99,6 +101,7 @@ def main() -> None:
             f"{name:>9}: set_image {statistics.median(set_t):7.3f} s   "
             f"predict {1e3 * statistics.median(pred_t):7.1f} ms"
         )
+    throughput = {}
     for b in [int(v) for v in args.batches.split(",") if v.strip()]:
         images = [image] * b
 
@@ -109,10 +112,24 @@ def main() -> None:
         jax_set_many()  # compiles this bucket
         t = statistics.median(_time(jax_set_many, args.repeats))
         print(f"set_images batch {b}: {t:7.3f} s   {b / t:6.2f} images/s")
+        throughput[b] = b / t
     if "reference" in results:
         r_set = statistics.median(jax_set_t) / statistics.median(results["reference"][0])
         r_pred = statistics.median(jax_pred_t) / statistics.median(results["reference"][1])
         print(f"ratio jax/reference: set_image {r_set:.2f}x   predict {r_pred:.2f}x")
+    if args.json:
+        record = {
+            "model_type": args.model_type,
+            "dtype": args.dtype,
+            "jax": jax.__version__,
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "set_image_s": {k: v[0] for k, v in results.items()},
+            "predict_s": {k: v[1] for k, v in results.items()},
+            "set_images_images_per_s": throughput,
+        }
+        with open(args.json, "w") as f:
+            json.dump(record, f, indent=1)
 
 
 if __name__ == "__main__":
