@@ -87,3 +87,40 @@ def test_weight_decay_only_on_kernels(tiny_params):
             np.testing.assert_allclose(u, -1e-3 * params[path], rtol=1e-5, atol=1e-12)
         else:  # biases, norms, embeddings, position tables, the frozen matrix
             assert not np.any(u), path
+
+
+def test_trainable_updates_only_the_named_parameters(tiny_params):
+    grads = jax.tree_util.tree_map(jnp.ones_like, tiny_params)
+    updates, _ = _first_update(
+        tiny_params,
+        grads,
+        lr=1e-3,
+        layer_decay=1.0,
+        weight_decay=0.1,
+        trainable="mask_decoder/iou_prediction_head, mask_decoder/iou_token",
+    )
+    trained = set()
+    for path, u in updates.items():
+        name = "/".join(path)
+        if name.startswith(("mask_decoder/iou_prediction_head/", "mask_decoder/iou_token/")):
+            assert np.all(np.abs(u) > 1e-4), name  # Adam's first step, about lr
+            trained.add(path[1])
+        else:  # untouched: no step and no weight decay
+            assert not np.any(u), name
+    assert trained == {"iou_prediction_head", "iou_token"}
+
+
+def test_trainable_names_are_checked():
+    from sam_jax.training.config import ConfigError, validate_config
+
+    config = base_config("tiny")
+    config.data.source = "synthetic"
+    config.optimizer.trainable = "mask_decoder,mask_decodr/iou_token"
+    with pytest.raises(
+        ConfigError,
+        match=r"'mask_decodr/iou_token' names no parameter.*"
+        r"did you mean 'mask_decoder/iou_token'",
+    ):
+        validate_config(config)
+    config.optimizer.trainable = "mask_decoder, prompt_encoder/point_embeddings_0"
+    validate_config(config)

@@ -44,6 +44,10 @@ def base_config(model_type: str) -> ml_collections.ConfigDict:
     c.optimizer.decay_factor = 0.1  # cosine: the final lr is lr * decay_factor
     c.optimizer.layer_decay = 0.8
     c.optimizer.grad_clip_norm = 0.0
+    # Comma-separated parameter paths (or path prefixes, "/"-separated: "mask_decoder",
+    # "mask_decoder/iou_prediction_head") that train; every other parameter stays as loaded
+    # (no update, no weight decay, no optimizer state). "" trains everything.
+    c.optimizer.trainable = ""
 
     c.train = ml_collections.ConfigDict()
     c.train.masks_per_image = 64
@@ -337,6 +341,22 @@ def validate_config(
     number(o + "decay_factor", 0.0, 1.0)
     number(o + "layer_decay", 0.0, 1.0, lo_open=True)
     number(o + "grad_clip_norm", 0.0)
+    trainable = flat[o + "trainable"]
+    if not isinstance(trainable, str):
+        bad(o + "trainable", "must be a string of comma-separated parameter paths")
+    elif trainable.strip() and model_type in MODEL_TYPES:
+        from sam_jax.training.optimizer import parameter_paths, trainable_prefixes
+
+        paths = parameter_paths(config.model)
+        for prefix in trainable_prefixes(trainable):
+            if not any(p == prefix or p.startswith(prefix + "/") for p in paths):
+                modules = sorted({"/".join(p.split("/")[:2]) for p in paths})
+                bad(
+                    o + "trainable",
+                    f"{prefix!r} names no parameter of this model (paths like "
+                    f"{', '.join(modules[:3])}, ...)",
+                    _suggest(prefix, modules + sorted(paths)),
+                )
 
     # train
     t = "train."

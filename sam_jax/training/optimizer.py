@@ -1,6 +1,7 @@
 """AdamW with the paper's schedule (linear warmup, then x0.1 steps; a cosine decay as an
 option), layer-wise learning-rate decay over the image encoder, no weight decay on norms,
-biases and position tables, and the prompt encoder's fixed Fourier matrix frozen."""
+biases and position tables, and the prompt encoder's fixed Fourier matrix frozen; with
+`optimizer.trainable`, only the named parameters train (e.g. the mask decoder alone)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from sam_jax.io.checkpoint import abstract_params
 
 FROZEN = ("positional_encoding_gaussian_matrix",)  # a buffer in the reference, not trained
 
@@ -95,6 +98,27 @@ def _scale_by_tree(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def trainable_prefixes(text: str) -> list[str]:
+    """`optimizer.trainable` ("a/b, c") -> ["a/b", "c"] (empty: everything trains)."""
+    return [part.strip().strip("/") for part in str(text or "").split(",") if part.strip()]
+
+
+def parameter_paths(model_config) -> list[str]:
+    """Every parameter of a model config, as "/"-joined paths (shapes only, nothing run)."""
+    flat = flax.traverse_util.flatten_dict(abstract_params(model_config))
+    return ["/".join(p) for p in flat]
+
+
+def _label(path: tuple[str, ...], prefixes: list[str]) -> str:
+    if path[-1] in FROZEN:
+        return "frozen"
+    if not prefixes:
+        return "train"
+    name = "/".join(path)
+    hit = any(name == p or name.startswith(p + "/") for p in prefixes)
+    return "train" if hit else "frozen"
+
+
 def make_optimizer(config, params, depth: int) -> tuple[optax.GradientTransformation, callable]:
     """The optimizer for `config.optimizer` and its learning-rate schedule."""
     o = config.optimizer
@@ -123,7 +147,6 @@ def make_optimizer(config, params, depth: int) -> tuple[optax.GradientTransforma
         parts.append(_scale_by_tree(layer_scales(params, depth, o.layer_decay)))
     tx = optax.chain(*parts)
     flat = flax.traverse_util.flatten_dict(params)
-    labels = flax.traverse_util.unflatten_dict(
-        {p: "frozen" if p[-1] in FROZEN else "train" for p in flat}
-    )
+    prefixes = trainable_prefixes(o.get("trainable", ""))
+    labels = flax.traverse_util.unflatten_dict({p: _label(p, prefixes) for p in flat})
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels), schedule
