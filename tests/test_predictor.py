@@ -283,15 +283,23 @@ def test_unusual_image_sizes(predictor, tiny_ref, shape):
 
 # ------------------------------------------------------------------------- recompilation
 def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypatch):
-    traces = []
-    original = sam_jax.inference.predictor._decode
+    traces, mask_traces = [], []
+    sparse_path = sam_jax.inference.predictor._decode_sparse_and_postprocess
+    mask_path = sam_jax.inference.predictor._decode
 
-    def counting_decode(module, params, features, coords, *args, **kwargs):
+    def counting_sparse(module, grid, params, terms, coords, *args, **kwargs):
         traces.append(None if coords is None else tuple(coords.shape))
-        return original(module, params, features, coords, *args, **kwargs)
+        return sparse_path(module, grid, params, terms, coords, *args, **kwargs)
 
-    # The predictor jits `_decode` when constructed: patch first so every trace is seen.
-    monkeypatch.setattr(sam_jax.inference.predictor, "_decode", counting_decode)
+    def counting_mask_path(module, params, features, coords, *args, **kwargs):
+        mask_traces.append(None if coords is None else tuple(coords.shape))
+        return mask_path(module, params, features, coords, *args, **kwargs)
+
+    # The predictor jits both decoders when constructed: patch first so every trace is seen.
+    monkeypatch.setattr(
+        sam_jax.inference.predictor, "_decode_sparse_and_postprocess", counting_sparse
+    )
+    monkeypatch.setattr(sam_jax.inference.predictor, "_decode", counting_mask_path)
     p = SamPredictor(tiny_model)
     p.set_image(image)
     rng = np.random.default_rng(8)
@@ -302,11 +310,17 @@ def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypat
         labels = rng.integers(0, 2, n)
         p.predict(coords, labels)
         assert len(traces) == want, f"{n} points: {len(traces)} traces, shapes {traces}"
-        assert p._decode._cache_size() == want
+        assert p._decode_sparse._cache_size() == want
     assert traces == [(1, 1, 2), (1, 2, 2), (1, 4, 2), (1, 8, 2)]
     # Batches are bucketed too: 3 and 4 boxes share one compiled function.
     p.predict_batch(boxes=BOXES[:3])
     p.predict_batch(boxes=BOXES[:4])
+    assert len(traces) == 5
+    # With a mask input (the general decoder), the same buckets.
+    low = np.zeros((1, p.low_res_size, p.low_res_size), np.float32)
+    for n, want in [(1, 1), (1, 1), (3, 2), (4, 2)]:
+        p.predict(rng.uniform(0, [W, H], (n, 2)), np.ones(n, int), mask_input=low)
+        assert len(mask_traces) == want, f"{n} points: {mask_traces}"
     assert len(traces) == 5
 
 

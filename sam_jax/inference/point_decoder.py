@@ -1,9 +1,9 @@
-"""The mask decoder for many single-point prompts on one image, as the automatic mask
-generator runs it.
+"""The mask decoder for many prompts without a mask input on one image, as the automatic
+mask generator (single points) and `SamPredictor` (clicks, boxes, text) run it.
 
-It is the model's mask decoder evaluated for many single-point prompts on one image
-(`decode_points`; `image_terms` once per image, then `decode_prompts` per batch): the same
-parameters and the same function as `Sam.decode` (tests hold the two together), but
+It is the model's mask decoder (`image_terms` once per image, then `decode_sparse` per
+batch of prompts; `decode_prompts` / `decode_points` for one foreground point each): the
+same parameters and the same function as `Sam.decode` (tests hold the two together), but
 arranged so the image-side terms shared by all prompts are computed once and the
 per-prompt attention over image tokens is contracted on the (few) token side: about half
 the multiply-adds of the general decoder. It always computes in float32, whatever the
@@ -42,12 +42,15 @@ def _split_heads(x, heads):
     return x.reshape(*x.shape[:-1], heads, x.shape[-1] // heads)
 
 
-def _token_self_attention(p, q, k, v, heads):
-    """Attention among the prompt tokens (B, T, C); none is padding here."""
+def _token_self_attention(p, q, k, v, heads, token_mask=None):
+    """Attention among the prompt tokens (B, T, C); token_mask (B, T) False: a padding
+    token, which no token attends to."""
     qh = _split_heads(_dense(q, p["q_proj"]), heads)
     kh = _split_heads(_dense(k, p["k_proj"]), heads)
     vh = _split_heads(_dense(v, p["v_proj"]), heads)
     s = jnp.einsum("bqhd,bkhd->bhqk", qh * (1 / np.sqrt(qh.shape[-1])), kh)
+    if token_mask is not None:
+        s = jnp.where(token_mask[:, None, None, :], s, -jnp.inf)
     o = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s, -1), vh)
     return _dense(o.reshape(*o.shape[:2], -1), p["out_proj"])
 
@@ -80,13 +83,14 @@ def _tokens_to_image(p, q, keys_k, keys_v, heads):
     return _dense(o.reshape(*o.shape[:2], -1), p["out_proj"])
 
 
-def _image_to_tokens(p, image_q, token_k, token_v, heads, shared_qh=None):
+def _image_to_tokens(p, image_q, token_k, token_v, heads, shared_qh=None, token_mask=None):
     """Image tokens attend to the prompt tokens (B, T, C) -> (B, N, C).
 
     With `shared_qh` (N, H, d), the image queries are the same for all prompts and already
     projected; otherwise image_q is (B, N, C) and, as in `_tokens_to_image`, the query
     projection moves to the token side. The output projection is applied to the T values
-    before the attention weights, so no (B, N, C) x (C, C) product is needed.
+    before the attention weights, so no (B, N, C) x (C, C) product is needed. token_mask
+    (B, T): padding tokens get no weight.
     """
     kh = _split_heads(_dense(token_k, p["k_proj"]), heads)  # (B, T, H, d)
     vh = _split_heads(_dense(token_v, p["v_proj"]), heads)
@@ -98,6 +102,8 @@ def _image_to_tokens(p, image_q, token_k, token_v, heads, shared_qh=None):
         kw = jnp.einsum("bthd,chd->bhtc", kh, _split_heads(p["q_proj"]["kernel"], heads))
         kb = jnp.einsum("bthd,hd->bht", kh, _split_heads(p["q_proj"]["bias"], heads))
         s = jnp.einsum("bnc,bhtc->bhnt", image_q, kw) + kb[:, :, None, :]
+    if token_mask is not None:
+        s = jnp.where(token_mask[:, None, None, :], s, -jnp.inf)
     w_out = p["out_proj"]["kernel"].reshape(heads, d, -1)
     values = jnp.einsum("bthd,hdc->bhtc", vh, w_out)
     return jnp.einsum("bhnt,bhtc->bnc", jax.nn.softmax(s, -1), values) + p["out_proj"]["bias"]
@@ -134,28 +140,59 @@ def decode_prompts(module: Sam, params, image: dict, point_coords):
     """One foreground point per prompt -> (low-res logits (B, 3, 4h, 4w), iou (B, 3)).
     `image` is `image_terms` of the image."""
     b = point_coords.shape[0]
-    h, w = image["grid"]
-    src, pe = image["src"], image["pe"]
     sparse, _, _ = module.apply(
         {"params": params},
         point_coords[:, None, :],
         jnp.ones((b, 1), jnp.int32),
         method=lambda m, coords, labels: m.prompt_encoder((coords, labels), None, None),
     )
+    return decode_sparse(module, params, image, sparse, multimask_output=True)
+
+
+def decode_sparse(
+    module: Sam,
+    params,
+    image: dict,
+    sparse,
+    sparse_valid=None,
+    multimask_output: bool = True,
+):
+    """Any prompt without a mask input -> (low-res logits (B, M, 4h, 4w), iou (B, M)), as
+    `Sam.decode` gives them (M = 3 with multimask_output, else 1).
+
+    sparse (B, T, C): the prompt encoder's sparse embeddings (points, box corners, text);
+    sparse_valid (B, T) marks padding tokens (None: none is padding). `image` is
+    `image_terms` of the image: without a mask input the dense prompt is the same for every
+    prompt, so the first layer's image-side projections are shared.
+    """
+    b = sparse.shape[0]
+    h, w = image["grid"]
+    src, pe = image["src"], image["pe"]
     md = params["mask_decoder"]
     tp = md["transformer"]
     heads = module.decoder_num_heads
     out_tokens = jnp.concatenate([md["iou_token"]["embedding"], md["mask_tokens"]["embedding"]])
-    tokens = jnp.concatenate([jnp.broadcast_to(out_tokens, (b, *out_tokens.shape)), sparse], 1)
+    tokens = jnp.concatenate(
+        [jnp.broadcast_to(out_tokens, (b, *out_tokens.shape)), sparse.astype(jnp.float32)], 1
+    )
+    token_mask = None
+    if sparse_valid is not None:
+        token_mask = jnp.concatenate(
+            [jnp.ones((b, out_tokens.shape[0]), bool), sparse_valid.astype(bool)], 1
+        )
     queries, query_pe, keys = tokens, tokens, src
     for i in range(module.decoder_depth):
         lp = tp[f"layers_{i}"]
         first = i == 0  # the image tokens are still shared by all prompts
         if first:  # the reference skips the positional encoding and residual here
-            queries = _token_self_attention(lp["self_attn"], queries, queries, queries, heads)
+            queries = _token_self_attention(
+                lp["self_attn"], queries, queries, queries, heads, token_mask
+            )
         else:
             q = queries + query_pe
-            queries = queries + _token_self_attention(lp["self_attn"], q, q, queries, heads)
+            queries = queries + _token_self_attention(
+                lp["self_attn"], q, q, queries, heads, token_mask
+            )
         queries = _layer_norm(queries, lp["norm1"], 1e-5)
         q = queries + query_pe
         t2i, i2t = lp["cross_attn_token_to_image"], lp["cross_attn_image_to_token"]
@@ -168,9 +205,11 @@ def decode_prompts(module: Sam, params, image: dict, point_coords):
         queries = _layer_norm(queries + mlp, lp["norm3"], 1e-5)
         q = queries + query_pe
         if first:
-            out = _image_to_tokens(i2t, None, q, queries, heads, shared_qh=image["i2t_q"])
+            out = _image_to_tokens(
+                i2t, None, q, queries, heads, shared_qh=image["i2t_q"], token_mask=token_mask
+            )
         else:
-            out = _image_to_tokens(i2t, keys + pe, q, queries, heads)
+            out = _image_to_tokens(i2t, keys + pe, q, queries, heads, token_mask=token_mask)
         keys = _layer_norm(keys + out, lp["norm4"], 1e-5)
     out = _tokens_to_image(
         tp["final_attn_token_to_image"], queries + query_pe, keys + pe, keys, heads
@@ -187,19 +226,18 @@ def decode_prompts(module: Sam, params, image: dict, point_coords):
     c1 = y.shape[-1]
     y = y @ jnp.transpose(up3["kernel"], (2, 0, 1, 3)).reshape(c1, -1)
     y = gelu(y.reshape(b, h * w * 16, -1) + up3["bias"])
-    n_out = module.num_multimask_outputs
+    n_multi = module.num_multimask_outputs
+    outputs = range(1, n_multi + 1) if multimask_output else range(1)
     hyper = jnp.stack(
-        [
-            _mlp(md[f"output_hypernetworks_mlps_{j}"], queries[:, 1 + j])
-            for j in range(1, n_out + 1)
-        ],
+        [_mlp(md[f"output_hypernetworks_mlps_{j}"], queries[:, 1 + j]) for j in outputs],
         axis=1,
     )
     masks = jnp.einsum("bpc,bmc->bmp", y, hyper)
     # pixel (y, x) = (4 r + 2 i + k, 4 s + 2 j + l) for p = (r, s, i, j, k, l)
-    masks = masks.reshape(b, n_out, h, w, 2, 2, 2, 2).transpose(0, 1, 2, 4, 6, 3, 5, 7)
-    masks = masks.reshape(b, n_out, 4 * h, 4 * w)
-    iou = _mlp(md["iou_prediction_head"], queries[:, 0])[:, 1:]
+    m = len(outputs)
+    masks = masks.reshape(b, m, h, w, 2, 2, 2, 2).transpose(0, 1, 2, 4, 6, 3, 5, 7)
+    masks = masks.reshape(b, m, 4 * h, 4 * w)
+    iou = _mlp(md["iou_prediction_head"], queries[:, 0])[:, outputs.start : outputs.stop]
     return masks, iou
 
 

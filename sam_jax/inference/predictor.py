@@ -3,7 +3,9 @@
 Same arguments, shapes and return values as the reference predictor. Prompts are padded
 to fixed shape buckets (prompt count and points per prompt rounded up to powers of two;
 padding tokens are masked out of attention), so a new number of points reuses a compiled
-function instead of recompiling.
+function instead of recompiling. Prompts without a mask input (clicks, boxes, text) decode
+with `point_decoder.decode_sparse`, the same function arranged so the image-side terms of
+the decoder's first layer are computed once per image; a mask input takes `Sam.decode`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sam_jax.inference import point_decoder
 from sam_jax.inference.build import SamModel
 from sam_jax.inference.transforms import ResizeLongestSide
 from sam_jax.modeling.sam import Sam, dense_pe, postprocess_masks, postprocess_matrices
@@ -115,6 +118,14 @@ class SamPredictor:
         )
         # The image-grid positional encoding is the same for every prompt: made once.
         self._image_pe = jax.jit(functools.partial(dense_pe, module))(sam_model.params)
+        # Without a mask input, the decoder's first-layer image terms are the same for every
+        # prompt on an image: made once per image (on its first such prompt), then shared.
+        grid = sam_model.image_size // module.patch_size
+        self._image_terms = jax.jit(functools.partial(_image_terms, module))
+        self._decode_sparse = jax.jit(
+            functools.partial(_decode_sparse_and_postprocess, module, (grid, grid)),
+            static_argnames=("multimask_output", "return_logits"),
+        )
         self.reset_image()
 
     @property
@@ -182,6 +193,7 @@ class SamPredictor:
         """Make one embedded image the current one."""
         s = self.model.image_size
         self.features = features
+        self._terms = None
         self.original_size = tuple(int(v) for v in original_size)
         self.input_size = tuple(int(v) for v in input_size)
         rows, cols = postprocess_matrices(
@@ -202,6 +214,7 @@ class SamPredictor:
         self.is_image_set = False
         self._batch = None
         self.features = None
+        self._terms = None
         self.original_size = None
         self.input_size = None
         self._post_rows = self._post_cols = None
@@ -418,6 +431,23 @@ class SamPredictor:
             coords_b, labels_b = c, lab
         else:
             coords_b = labels_b = None
+        if masks is None:
+            if self._terms is None:
+                self._terms = self._image_terms(self.model.params, self.features)
+            out = self._decode_sparse(
+                self.model.params,
+                self._terms,
+                coords_b,
+                labels_b,
+                valid,
+                take(boxes),
+                take(text),
+                self._post_rows,
+                self._post_cols,
+                multimask_output=bool(multimask_output),
+                return_logits=bool(return_logits),
+            )
+            return tuple(np.asarray(x)[:n] for x in jax.device_get(out))
         out = self._decode(
             self.model.params,
             self.features,
@@ -608,6 +638,40 @@ def _decode_and_postprocess(
         text,
         multimask_output,
         image_pe,
+    )
+    out = postprocess_masks(low, rows, cols)
+    return (out if return_logits else out > Sam.mask_threshold), iou, low
+
+
+def _image_terms(module, params, features):
+    """`point_decoder.image_terms` without its (static) grid size."""
+    terms = dict(point_decoder.image_terms(module, params, features))
+    del terms["grid"]
+    return terms
+
+
+def _decode_sparse_and_postprocess(
+    module,
+    grid,
+    params,
+    terms,
+    coords,
+    labels,
+    valid,
+    boxes,
+    text,
+    rows,
+    cols,
+    multimask_output,
+    return_logits,
+):
+    points = None if coords is None else (coords, labels)
+    sparse, sparse_valid, _ = module.apply(
+        {"params": params},
+        method=lambda m: m.prompt_encoder(points, boxes, None, point_valid=valid, text=text),
+    )
+    low, iou = point_decoder.decode_sparse(
+        module, params, {**terms, "grid": grid}, sparse, sparse_valid, multimask_output
     )
     out = postprocess_masks(low, rows, cols)
     return (out if return_logits else out > Sam.mask_threshold), iou, low
