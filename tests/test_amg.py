@@ -236,6 +236,38 @@ def test_decode_points_matches_module_decode(amg_model):
     np.testing.assert_allclose(iou, ref_iou, atol=1e-5 * float(np.abs(ref_iou).max()))
 
 
+@pytest.mark.parametrize("multimask", [True, False])
+def test_decode_sparse_matches_module_decode_with_padding_and_boxes(amg_model, multimask):
+    # What SamPredictor runs for prompts without a mask input: several clicks of both labels
+    # padded to a bucket (padding tokens masked out), and a box on some rows.
+    module, params = amg_model.module, amg_model.params
+    e = module.image_embedding_size
+    rng = np.random.default_rng(1)
+    features = jnp.asarray(rng.normal(size=(1, e, e, module.prompt_embed_dim)), jnp.float32)
+    coords = jnp.asarray(rng.uniform(0, module.image_size, (4, 4, 2)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 2, (4, 4)), jnp.int32)
+    valid = jnp.asarray([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]], bool)
+    boxes = jnp.asarray([[10, 20, 120, 200]] * 4, jnp.float32)
+
+    def fast(p, f, c, lab, v, b):
+        sparse, sparse_valid, _ = module.apply(
+            {"params": p}, method=lambda m: m.prompt_encoder((c, lab), b, None, point_valid=v)
+        )
+        image = point_decoder.image_terms(module, p, f)
+        return point_decoder.decode_sparse(module, p, image, sparse, sparse_valid, multimask)
+
+    def general(p, f, c, lab, v, b):
+        return module.apply({"params": p}, f, c, lab, b, None, multimask, v, method=Sam.decode)
+
+    for b in (None, boxes):
+        low, iou = jax.jit(fast)(params, features, coords, labels, valid, b)
+        ref_low, ref_iou = jax.jit(general)(params, features, coords, labels, valid, b)
+        assert low.shape == ref_low.shape == (4, 3 if multimask else 1, 4 * e, 4 * e)
+        scale = float(np.abs(ref_low).max())
+        np.testing.assert_allclose(low, ref_low, atol=1e-5 * scale)
+        np.testing.assert_allclose(iou, ref_iou, atol=1e-5 * float(np.abs(ref_iou).max()))
+
+
 # ------------------------------------------------------------------------------ arguments
 def test_argument_errors(amg_model):
     def make(**kw):
