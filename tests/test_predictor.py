@@ -284,7 +284,7 @@ def test_unusual_image_sizes(predictor, tiny_ref, shape):
 # ------------------------------------------------------------------------- recompilation
 def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypatch):
     traces, mask_traces = [], []
-    sparse_path = sam_jax.inference.predictor._decode_sparse_and_postprocess
+    sparse_path = sam_jax.inference.predictor._decode_sparse
     mask_path = sam_jax.inference.predictor._decode
 
     def counting_sparse(module, grid, params, terms, coords, *args, **kwargs):
@@ -296,9 +296,7 @@ def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypat
         return mask_path(module, params, features, coords, *args, **kwargs)
 
     # The predictor jits both decoders when constructed: patch first so every trace is seen.
-    monkeypatch.setattr(
-        sam_jax.inference.predictor, "_decode_sparse_and_postprocess", counting_sparse
-    )
+    monkeypatch.setattr(sam_jax.inference.predictor, "_decode_sparse", counting_sparse)
     monkeypatch.setattr(sam_jax.inference.predictor, "_decode", counting_mask_path)
     p = SamPredictor(tiny_model)
     p.set_image(image)
@@ -322,6 +320,13 @@ def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypat
         p.predict(rng.uniform(0, [W, H], (n, 2)), np.ones(n, int), mask_input=low)
         assert len(mask_traces) == want, f"{n} points: {mask_traces}"
     assert len(traces) == 5
+    # An image of another size compiles only the small upsampling, not the decoder.
+    upsampling = p._postprocess._cache_size()
+    p.set_image(np.zeros((H // 2 + 3, W - 5, 3), np.uint8))
+    masks, _, _ = p.predict(np.array([[5.0, 5.0]]), np.array([1]))
+    assert masks.shape == (3, H // 2 + 3, W - 5)
+    assert len(traces) == 5 and p._decode_sparse._cache_size() == 5
+    assert p._postprocess._cache_size() == upsampling + 1
 
 
 # ---------------------------------------------------------------------------- bad images

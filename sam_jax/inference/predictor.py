@@ -110,12 +110,13 @@ class SamPredictor:
                 {"params": params}, images, sizes, method=Sam.embed_images
             )
         )
-        # Decoding and upsampling to the image in one compiled call: one dispatch and one
-        # transfer per prompt batch.
+        # Decoding (compiled once per prompt bucket) and upsampling to the image (a small
+        # function compiled per image size) are separate calls, so an image of a new size
+        # does not recompile the decoder.
         self._decode = jax.jit(
-            functools.partial(_decode_and_postprocess, module),
-            static_argnames=("multimask_output", "return_logits"),
+            functools.partial(_decode, module), static_argnames="multimask_output"
         )
+        self._postprocess = jax.jit(_postprocess, static_argnames="return_logits")
         # The image-grid positional encoding is the same for every prompt: made once.
         self._image_pe = jax.jit(functools.partial(dense_pe, module))(sam_model.params)
         # Without a mask input, the decoder's first-layer image terms are the same for every
@@ -123,8 +124,8 @@ class SamPredictor:
         grid = sam_model.image_size // module.patch_size
         self._image_terms = jax.jit(functools.partial(_image_terms, module))
         self._decode_sparse = jax.jit(
-            functools.partial(_decode_sparse_and_postprocess, module, (grid, grid)),
-            static_argnames=("multimask_output", "return_logits"),
+            functools.partial(_decode_sparse, module, (grid, grid)),
+            static_argnames="multimask_output",
         )
         self.reset_image()
 
@@ -434,7 +435,7 @@ class SamPredictor:
         if masks is None:
             if self._terms is None:
                 self._terms = self._image_terms(self.model.params, self.features)
-            out = self._decode_sparse(
+            low, iou = self._decode_sparse(
                 self.model.params,
                 self._terms,
                 coords_b,
@@ -442,26 +443,27 @@ class SamPredictor:
                 valid,
                 take(boxes),
                 take(text),
-                self._post_rows,
-                self._post_cols,
                 multimask_output=bool(multimask_output),
-                return_logits=bool(return_logits),
             )
-            return tuple(np.asarray(x)[:n] for x in jax.device_get(out))
-        out = self._decode(
-            self.model.params,
-            self.features,
-            coords_b,
-            labels_b,
-            valid,
-            take(boxes),
-            take(masks),
-            take(text),
-            self._image_pe,
-            self._post_rows,
-            self._post_cols,
-            multimask_output=bool(multimask_output),
-            return_logits=bool(return_logits),
+        else:
+            low, iou = self._decode(
+                self.model.params,
+                self.features,
+                coords_b,
+                labels_b,
+                valid,
+                take(boxes),
+                take(masks),
+                take(text),
+                multimask_output=bool(multimask_output),
+                image_pe=self._image_pe,
+            )
+        out = (
+            self._postprocess(
+                low, self._post_rows, self._post_cols, return_logits=bool(return_logits)
+            ),
+            iou,
+            low,
         )
         return tuple(np.asarray(x)[:n] for x in jax.device_get(out))
 
@@ -610,37 +612,9 @@ def _decode(
     )
 
 
-def _decode_and_postprocess(
-    module,
-    params,
-    features,
-    coords,
-    labels,
-    valid,
-    boxes,
-    masks,
-    text,
-    image_pe,
-    rows,
-    cols,
-    multimask_output,
-    return_logits,
-):
-    low, iou = _decode(
-        module,
-        params,
-        features,
-        coords,
-        labels,
-        valid,
-        boxes,
-        masks,
-        text,
-        multimask_output,
-        image_pe,
-    )
+def _postprocess(low, rows, cols, return_logits):
     out = postprocess_masks(low, rows, cols)
-    return (out if return_logits else out > Sam.mask_threshold), iou, low
+    return out if return_logits else out > Sam.mask_threshold
 
 
 def _image_terms(module, params, features):
@@ -650,28 +624,14 @@ def _image_terms(module, params, features):
     return terms
 
 
-def _decode_sparse_and_postprocess(
-    module,
-    grid,
-    params,
-    terms,
-    coords,
-    labels,
-    valid,
-    boxes,
-    text,
-    rows,
-    cols,
-    multimask_output,
-    return_logits,
+def _decode_sparse(
+    module, grid, params, terms, coords, labels, valid, boxes, text, multimask_output
 ):
     points = None if coords is None else (coords, labels)
     sparse, sparse_valid, _ = module.apply(
         {"params": params},
         method=lambda m: m.prompt_encoder(points, boxes, None, point_valid=valid, text=text),
     )
-    low, iou = point_decoder.decode_sparse(
+    return point_decoder.decode_sparse(
         module, params, {**terms, "grid": grid}, sparse, sparse_valid, multimask_output
     )
-    out = postprocess_masks(low, rows, cols)
-    return (out if return_logits else out > Sam.mask_threshold), iou, low
