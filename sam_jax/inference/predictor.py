@@ -120,7 +120,8 @@ class SamPredictor:
         # The image-grid positional encoding is the same for every prompt: made once.
         self._image_pe = jax.jit(functools.partial(dense_pe, module))(sam_model.params)
         # Without a mask input, the decoder's first-layer image terms are the same for every
-        # prompt on an image: made once per image (on its first such prompt), then shared.
+        # prompt on an image: made once per image (by set_image, or on the first such prompt
+        # after set_images), then shared.
         grid = sam_model.image_size // module.patch_size
         self._image_terms = jax.jit(functools.partial(_image_terms, module))
         self._decode_sparse = jax.jit(
@@ -143,6 +144,8 @@ class SamPredictor:
         self.reset_image()
         features = self._embed(self.model.params, canvas, np.array([input_size], np.int32))
         self._use(features, image.shape[:2], input_size)
+        # Dispatched now (asynchronously), so the first click does not wait for them.
+        self._terms = self._image_terms(self.model.params, self.features)
 
     def set_images(self, images, image_format: str = "RGB", images_per_call: int = 8) -> None:
         """Embed several images (a sequence of H x W x 3 arrays, sizes may differ), up to
