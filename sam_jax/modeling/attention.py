@@ -63,7 +63,7 @@ def _check_impl(implementation: str) -> None:
         )
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
@@ -78,7 +78,7 @@ def _cudnn_max_head_dim() -> int:
 
 
 def _folded_dim(head_dim: int, grid: tuple[int, int], multiple: int) -> int:
-    return _round_up(head_dim + grid[0] + grid[1], multiple)
+    return round_up(head_dim + grid[0] + grid[1], multiple)
 
 
 def resolve_implementation(
@@ -284,7 +284,7 @@ def folded_rel_pos_attention(
     dtype = q.dtype
     dim = _folded_dim(d, (gh, gw), multiple)
     if pad_v:
-        dim = max(dim, _round_up(dv, multiple))
+        dim = max(dim, round_up(dv, multiple))
     rows = np.repeat(np.eye(gh, dtype=np.float32), gw, axis=0)  # (H*W, H)
     cols = np.tile(np.eye(gw, dtype=np.float32), (gh, 1))  # (H*W, W)
     indicators = np.concatenate([rows, cols], axis=1)
@@ -336,7 +336,7 @@ def rel_pos_attention(
     implementation = resolve_implementation(implementation, dtype, head_dim=d, grid=(gh, gw))
 
     if implementation == "cudnn":
-        _cudnn_head_dim_check(max(_folded_dim(d, (gh, gw), 8), _round_up(v.shape[-1], 8)))
+        _cudnn_head_dim_check(max(_folded_dim(d, (gh, gw), 8), round_up(v.shape[-1], 8)))
         return folded_rel_pos_attention(q, k, v, rel_h, rel_w, scale=scale, kernel=cudnn_kernel)
     if implementation == "pallas" and length > _FOLD_MAX_TOKENS:
         kernel, multiple = _pallas_kernel(_platform())
@@ -359,7 +359,7 @@ def rel_pos_attention(
     # 0.39 s per block. Under a gradient the head is rematerialised: the backward pass
     # recomputes its scores instead of keeping every head's (ViT-B: 6 GB less per image).
     chunk = min(QUERY_CHUNK, length)
-    padded = _round_up(length, chunk)
+    padded = round_up(length, chunk)
 
     def one_head(args):
         q1, k1, v1, h1, w1 = args

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention
+from sam_jax.modeling.attention import dot_product_attention, rel_pos_attention, round_up
 from sam_jax.modeling.common import Dtype, MLPBlock, dot_general_for, einsum, layer_norm_2d
 from sam_jax.modeling.sharding import constrain, constrain_batch
 
@@ -157,14 +157,10 @@ def _partition_padded(
     """`window_partition` with the padding filled with `pad_value` (C,) instead of zeros."""
     b, h, w, c = x.shape
     if h % window_size or w % window_size:
-        hp, wp = _round_up(h, window_size), _round_up(w, window_size)
+        hp, wp = round_up(h, window_size), round_up(w, window_size)
         filled = jnp.broadcast_to(pad_value, (b, hp, wp, c))
         x = jax.lax.dynamic_update_slice(filled, x, (0, 0, 0, 0))
     return window_partition(x, window_size)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def window_partition(x: jax.Array, window_size: int) -> tuple[jax.Array, tuple[int, int]]:
