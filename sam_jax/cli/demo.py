@@ -74,22 +74,19 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _click_decode(module, params, features, coords, labels, valid, boxes, box_valid, rows, cols):
-    """One prompt of fixed shapes -> (masks (1, 3, H, W) bool, iou (1, 3))."""
-    from sam_jax.inference.exported import decode_prompts
+def _click_decode(module, grid, params, terms, coords, labels, valid, boxes, box_valid, rows, cols):
+    """One prompt of fixed shapes -> (masks (1, 3, H, W) bool, iou (1, 3)). `terms`: the
+    predictor's first-layer image terms of the current image (a click has no mask input)."""
+    from sam_jax.inference.point_decoder import decode_sparse
     from sam_jax.modeling.sam import Sam, postprocess_masks
 
-    low_res, iou = module.apply(
+    sparse, sparse_valid, _ = module.apply(
         {"params": params},
-        features,
-        coords,
-        labels,
-        valid,
-        boxes,
-        box_valid,
-        method=decode_prompts,
+        method=lambda m: m.prompt_encoder(
+            (coords, labels), boxes, None, point_valid=valid, box_valid=box_valid
+        ),
     )
-    low_res, iou = low_res[:, 1:], iou[:, 1:]
+    low_res, iou = decode_sparse(module, params, {**terms, "grid": grid}, sparse, sparse_valid)
     return postprocess_masks(low_res, rows, cols) > Sam.mask_threshold, iou
 
 
@@ -107,7 +104,8 @@ class DemoSession:
         self.generator = SamAutomaticMaskGenerator(
             model, points_per_side=points_per_side, output_mode="coco_rle", **(amg_options or {})
         )
-        self._decode = jax.jit(functools.partial(_click_decode, model.module))
+        grid = model.image_size // model.module.patch_size
+        self._decode = jax.jit(functools.partial(_click_decode, model.module, (grid, grid)))
         self.lock = threading.Lock()
         self.image = None
         self.image_name = None
@@ -166,7 +164,7 @@ class DemoSession:
             boxes[0] = p.transform.apply_boxes(box, p.original_size)[0]
         out = self._decode(
             self.model.params,
-            p.features,
+            p.decoder_image_terms(),
             coords,
             labels,
             valid,

@@ -206,6 +206,14 @@ class SamPredictor:
         self._post_rows, self._post_cols = jnp.asarray(rows), jnp.asarray(cols)
         self.is_image_set = True
 
+    def decoder_image_terms(self) -> dict:
+        """The current image's first-layer decoder terms, shared by every prompt without a
+        mask input (`point_decoder.image_terms`, less its grid size), made once per image."""
+        self._require_image()
+        if self._terms is None:
+            self._terms = self._image_terms(self.model.params, self.features)
+        return self._terms
+
     def get_image_embedding(self) -> np.ndarray:
         """The current image's embedding, (1, C, h, w) as in the reference; after
         `set_images`, all of them, (N, C, h, w)."""
@@ -436,11 +444,9 @@ class SamPredictor:
         else:
             coords_b = labels_b = None
         if masks is None:
-            if self._terms is None:
-                self._terms = self._image_terms(self.model.params, self.features)
             low, iou = self._decode_sparse(
                 self.model.params,
-                self._terms,
+                self.decoder_image_terms(),
                 coords_b,
                 labels_b,
                 valid,
