@@ -319,6 +319,37 @@ def test_round_by_round_gradients_equal_the_summed_loss_gradient(unroll, chunk, 
     _assert_same_loss_and_grads((loss_r, grads_r), (loss, grads), 1e-6, 1e-5, 1e-7)
 
 
+def test_frozen_encoder_skips_its_backward_pass_and_keeps_the_decoder_gradient():
+    from sam_jax.io.checkpoint import init_params
+    from sam_jax.modeling.configs import build_sam
+    from sam_jax.training.step import encoder_is_trained, loss_and_grads
+
+    config = small_config()
+    config.train.num_iterations, config.train.num_point_rounds = 3, 1
+    params = init_params(config.model, 0)
+    batch = _loss_batch(config)
+    module = build_sam(config.model)
+    full = jax.jit(lambda p, b, key: loss_and_grads(p, module, b, key, config))
+    (loss, _), grads = full(params, batch, jax.random.key(3))
+    config.optimizer.trainable = "mask_decoder, prompt_encoder"
+    assert not encoder_is_trained(config)
+    frozen = jax.jit(lambda p, b, key: loss_and_grads(p, module, b, key, config))
+    (loss_f, _), grads_f = frozen(params, batch, jax.random.key(3))
+    np.testing.assert_allclose(loss_f, loss, rtol=1e-6)
+    assert not any(np.any(g) for g in jax.tree.leaves(grads_f["image_encoder"]))
+    assert any(np.any(g) for g in jax.tree.leaves(grads["image_encoder"]))
+    for name in ("mask_decoder", "prompt_encoder"):
+        for x, y in zip(jax.tree.leaves(grads_f[name]), jax.tree.leaves(grads[name])):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    # The backward pass through the encoder is gone from the compiled step.
+    hlo = frozen.lower(params, batch, jax.random.key(3)).compile().as_text()
+    full_hlo = full.lower(params, batch, jax.random.key(3)).compile().as_text()
+    assert hlo.count("convolution") < full_hlo.count("convolution")
+    for trainable in ("", "image_encoder/blocks_0", "mask_decoder,image_encoder"):
+        config.optimizer.trainable = trainable
+        assert encoder_is_trained(config)
+
+
 def test_masks_per_chunk_must_divide_masks_per_image():
     from sam_jax.io.checkpoint import init_params
     from sam_jax.modeling.configs import build_sam

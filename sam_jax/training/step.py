@@ -19,6 +19,7 @@ import optax
 from sam_jax.modeling.sam import Sam
 from sam_jax.modeling.sharding import constrain_batch
 from sam_jax.training import losses, prompts
+from sam_jax.training.optimizer import trainable_prefixes
 
 
 @flax.struct.dataclass
@@ -107,6 +108,14 @@ def ranking_means(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return {k: v / count for k, v in sums.items() if k != "count"}
 
 
+def encoder_is_trained(config) -> bool:
+    """False when `optimizer.trainable` names parameters and none is the image encoder's."""
+    prefixes = trainable_prefixes(config.optimizer.get("trainable", ""))
+    return not prefixes or any(
+        p == "image_encoder" or p.startswith("image_encoder/") for p in prefixes
+    )
+
+
 def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
     """The encoder pass and every prompting round -> (total, metrics, grads or None).
 
@@ -138,10 +147,15 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
             method=Sam.embed_images,
         )
 
-    if with_grads:
+    # A frozen encoder (optimizer.trainable names none of it) needs no backward pass: its
+    # gradient would be thrown away, and it is most of a step's work at full size.
+    encoder_trains = encoder_is_trained(config)
+    if with_grads and encoder_trains:
         image_embeddings, embed_vjp = jax.vjp(embed, encoder_params)
     else:
         image_embeddings = embed(encoder_params)
+        if with_grads:
+            image_embeddings = jax.lax.stop_gradient(image_embeddings)
     gt = constrain_batch(gt.reshape(n, low, low))
     frame = jnp.repeat(sizes, k, axis=0).astype(jnp.float32)
     inside = None
@@ -304,7 +318,10 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
     }
     if with_grads:
         decoder_grads, embedding_grads = grads
-        (encoder_grads,) = embed_vjp(embedding_grads)
+        if encoder_trains:
+            (encoder_grads,) = embed_vjp(embedding_grads)
+        else:
+            encoder_grads = jax.tree_util.tree_map(jnp.zeros_like, encoder_params)
         grads = {**decoder_grads, "image_encoder": encoder_grads}
     return total, metrics, grads
 
