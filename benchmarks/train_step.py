@@ -1,6 +1,7 @@
 """Train-step speed and memory.
 
     python benchmarks/train_step.py                 # tiny + ViT-B step time on this machine
+    python benchmarks/train_step.py --skip_memory --trainable=mask_decoder,prompt_encoder
     python benchmarks/train_step.py --memory_only   # ViT-H compiled memory on 8 fake devices
 
 Speed: images/s of the jitted step (compile time reported separately). Memory: the ViT-H
@@ -152,6 +153,12 @@ def main():
     p.add_argument("--skip_memory", action="store_true")
     p.add_argument("--vit_b_steps", type=int, default=1)
     p.add_argument("--masks", type=int, default=64)
+    p.add_argument(
+        "--trainable",
+        default="",
+        help="also time the steps with only these parameters training (optimizer.trainable, "
+        "e.g. mask_decoder,prompt_encoder: a frozen encoder skips its backward pass)",
+    )
     p.add_argument("--memory_case", help=argparse.SUPPRESS)  # "REMAT,CHUNK": child process
     a = p.parse_args()
     if a.memory_case:
@@ -170,6 +177,14 @@ def main():
         c.batch_size, c.train.masks_per_image = 1, 8
         c.model.drop_path_rate = 0.0
         speed("vit_b", c, steps=a.vit_b_steps)
+        if a.trainable:
+            for name, config in (("tiny", tiny.get_config()), ("vit_b", c)):
+                config.optimizer.trainable = a.trainable
+                speed(
+                    f"{name}, training only {a.trainable}",
+                    config,
+                    steps=5 if name == "tiny" else a.vit_b_steps,
+                )
     if not a.skip_memory:
         env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
         flag = "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
