@@ -284,19 +284,19 @@ def test_unusual_image_sizes(predictor, tiny_ref, shape):
 # ------------------------------------------------------------------------- recompilation
 def test_point_count_changes_reuse_compiled_buckets(tiny_model, image, monkeypatch):
     traces, mask_traces = [], []
-    sparse_path = sam_jax.inference.predictor._decode_sparse
+    sparse_path = sam_jax.inference.point_decoder.decode_prompt_arrays
     mask_path = sam_jax.inference.predictor._decode
 
-    def counting_sparse(module, grid, params, terms, coords, *args, **kwargs):
+    def counting_sparse(module, params, terms, coords, *args, **kwargs):
         traces.append(None if coords is None else tuple(coords.shape))
-        return sparse_path(module, grid, params, terms, coords, *args, **kwargs)
+        return sparse_path(module, params, terms, coords, *args, **kwargs)
 
     def counting_mask_path(module, params, features, coords, *args, **kwargs):
         mask_traces.append(None if coords is None else tuple(coords.shape))
         return mask_path(module, params, features, coords, *args, **kwargs)
 
     # The predictor jits both decoders when constructed: patch first so every trace is seen.
-    monkeypatch.setattr(sam_jax.inference.predictor, "_decode_sparse", counting_sparse)
+    monkeypatch.setattr(sam_jax.inference.point_decoder, "decode_prompt_arrays", counting_sparse)
     monkeypatch.setattr(sam_jax.inference.predictor, "_decode", counting_mask_path)
     p = SamPredictor(tiny_model)
     p.set_image(image)

@@ -74,19 +74,15 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _click_decode(module, grid, params, terms, coords, labels, valid, boxes, box_valid, rows, cols):
+def _click_decode(module, params, terms, coords, labels, valid, boxes, box_valid, rows, cols):
     """One prompt of fixed shapes -> (masks (1, 3, H, W) bool, iou (1, 3)). `terms`: the
     predictor's first-layer image terms of the current image (a click has no mask input)."""
-    from sam_jax.inference.point_decoder import decode_sparse
+    from sam_jax.inference.point_decoder import decode_prompt_arrays
     from sam_jax.modeling.sam import Sam, postprocess_masks
 
-    sparse, sparse_valid, _ = module.apply(
-        {"params": params},
-        method=lambda m: m.prompt_encoder(
-            (coords, labels), boxes, None, point_valid=valid, box_valid=box_valid
-        ),
+    low_res, iou = decode_prompt_arrays(
+        module, params, terms, coords, labels, valid, boxes, box_valid=box_valid
     )
-    low_res, iou = decode_sparse(module, params, {**terms, "grid": grid}, sparse, sparse_valid)
     return postprocess_masks(low_res, rows, cols) > Sam.mask_threshold, iou
 
 
@@ -104,8 +100,7 @@ class DemoSession:
         self.generator = SamAutomaticMaskGenerator(
             model, points_per_side=points_per_side, output_mode="coco_rle", **(amg_options or {})
         )
-        grid = model.image_size // model.module.patch_size
-        self._decode = jax.jit(functools.partial(_click_decode, model.module, (grid, grid)))
+        self._decode = jax.jit(functools.partial(_click_decode, model.module))
         self.lock = threading.Lock()
         self.image = None
         self.image_name = None

@@ -129,7 +129,6 @@ def image_terms(module: Sam, params, features) -> dict:
     return {
         "src": src,
         "pe": pe,
-        "grid": (h, w),
         "t2i_k": _split_heads(_dense(src + pe, t2i["k_proj"]), heads),
         "t2i_v": _split_heads(_dense(src, t2i["v_proj"]), heads),
         "i2t_q": _split_heads(_dense(src + pe, i2t["q_proj"]), heads),
@@ -149,6 +148,32 @@ def decode_prompts(module: Sam, params, image: dict, point_coords):
     return decode_sparse(module, params, image, sparse, multimask_output=True)
 
 
+def decode_prompt_arrays(
+    module: Sam,
+    params,
+    image: dict,
+    coords,
+    labels,
+    point_valid,
+    boxes,
+    box_valid=None,
+    text=None,
+    multimask_output: bool = True,
+):
+    """Prompt arrays in the model's input frame (points (B, N, 2) with labels and validity,
+    or None; boxes (B, 4) or None, box_valid (B,); text embeddings (B, D) or None), no mask
+    input -> `decode_sparse`'s (low-res logits, iou): the prompt encoder, then the decoder
+    with `image`'s shared terms."""
+    points = None if coords is None else (coords, labels)
+    sparse, sparse_valid, _ = module.apply(
+        {"params": params},
+        method=lambda m: m.prompt_encoder(
+            points, boxes, None, point_valid=point_valid, box_valid=box_valid, text=text
+        ),
+    )
+    return decode_sparse(module, params, image, sparse, sparse_valid, multimask_output)
+
+
 def decode_sparse(
     module: Sam,
     params,
@@ -166,7 +191,7 @@ def decode_sparse(
     prompt, so the first layer's image-side projections are shared.
     """
     b = sparse.shape[0]
-    h, w = image["grid"]
+    h = w = module.image_embedding_size
     src, pe = image["src"], image["pe"]
     md = params["mask_decoder"]
     tp = md["transformer"]

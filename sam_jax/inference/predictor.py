@@ -122,10 +122,9 @@ class SamPredictor:
         # Without a mask input, the decoder's first-layer image terms are the same for every
         # prompt on an image: made once per image (by set_image, or on the first such prompt
         # after set_images), then shared.
-        grid = sam_model.image_size // module.patch_size
-        self._image_terms = jax.jit(functools.partial(_image_terms, module))
+        self._image_terms = jax.jit(functools.partial(point_decoder.image_terms, module))
         self._decode_sparse = jax.jit(
-            functools.partial(_decode_sparse, module, (grid, grid)),
+            functools.partial(point_decoder.decode_prompt_arrays, module),
             static_argnames="multimask_output",
         )
         self.reset_image()
@@ -208,7 +207,7 @@ class SamPredictor:
 
     def decoder_image_terms(self) -> dict:
         """The current image's first-layer decoder terms, shared by every prompt without a
-        mask input (`point_decoder.image_terms`, less its grid size), made once per image."""
+        mask input (`point_decoder.image_terms`), made once per image."""
         self._require_image()
         if self._terms is None:
             self._terms = self._image_terms(self.model.params, self.features)
@@ -451,7 +450,7 @@ class SamPredictor:
                 labels_b,
                 valid,
                 take(boxes),
-                take(text),
+                text=take(text),
                 multimask_output=bool(multimask_output),
             )
         else:
@@ -624,23 +623,3 @@ def _decode(
 def _postprocess(low, rows, cols, return_logits):
     out = postprocess_masks(low, rows, cols)
     return out if return_logits else out > Sam.mask_threshold
-
-
-def _image_terms(module, params, features):
-    """`point_decoder.image_terms` without its (static) grid size."""
-    terms = dict(point_decoder.image_terms(module, params, features))
-    del terms["grid"]
-    return terms
-
-
-def _decode_sparse(
-    module, grid, params, terms, coords, labels, valid, boxes, text, multimask_output
-):
-    points = None if coords is None else (coords, labels)
-    sparse, sparse_valid, _ = module.apply(
-        {"params": params},
-        method=lambda m: m.prompt_encoder(points, boxes, None, point_valid=valid, text=text),
-    )
-    return point_decoder.decode_sparse(
-        module, params, {**terms, "grid": grid}, sparse, sparse_valid, multimask_output
-    )
