@@ -209,6 +209,45 @@ def test_interior_clicks():
     assert 0.4 < np.asarray(label).mean() < 0.6
 
 
+def test_center_clicks():
+    """center_prob: clicks at the deepest pixels of their region (depth uncapped), the rest
+    as before; error points at the deepest pixels of the deeper of the two error regions."""
+    n = 2000
+    mask = np.zeros((64, 64), bool)
+    mask[4:60, 2:42] = True  # 56 x 40: depth 20 on rows 23-40 of column 21 (deeper than 16)
+    mask[61:63, :] = True  # a thin bar
+    d = np.asarray(prompts.depth(jnp.asarray(mask), max_depth=40))
+    deepest = (d == d.max()) & mask
+    assert d.max() == 20 and deepest.sum() < 40
+
+    def first_point(key, prob):
+        state, found = prompts.first_prompt(
+            key, jnp.asarray(mask), box_prob=0.0, interior_prob=0.5, center_prob=prob
+        )
+        return state.point_coords[0], found
+
+    for prob in (1.0, 0.3):
+        xy, found = jax.jit(jax.vmap(partial(first_point, prob=prob)))(keys(n, 5))
+        assert bool(np.all(found))
+        rows, cols = to_pixel(xy, 1.0)
+        assert mask[rows, cols].all()
+        share = deepest[rows, cols].mean()
+        want = prob + (1 - prob) * 0.5 * deepest.sum() / prompts.interior(mask).sum()
+        assert abs(share - want) < 5 * np.sqrt(want * (1 - want) / n) + 1e-9
+    gt = np.zeros((20, 24), bool)
+    gt[2:12, 3:9] = True  # missed: 10 x 6, depth 3
+    pred = np.zeros((20, 24), bool)
+    pred[14:18, 2:22] = True  # spurious: 4 x 20, depth 2
+    sample = jax.jit(
+        jax.vmap(partial(prompts.error_region_point, center_prob=1.0), (0, None, None))
+    )
+    xy, label, found = sample(keys(200, 6), jnp.asarray(pred), jnp.asarray(gt))
+    assert bool(np.all(found)) and (np.asarray(label) == 1).all()
+    rows, cols = to_pixel(xy, 1.0)
+    assert ((rows >= 4) & (rows <= 9) & ((cols == 5) | (cols == 6))).all()
+    assert len(set(zip(rows.tolist(), cols.tolist(), strict=True))) == 12  # all of them
+
+
 def gt_box(mask: np.ndarray, scale: float) -> np.ndarray:
     rr, cc = np.nonzero(mask)
     return np.array(

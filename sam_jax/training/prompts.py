@@ -113,10 +113,28 @@ def interior(mask: jax.Array, max_depth: int = 16) -> jax.Array:
     return deeper_half(depth(mask, max_depth))
 
 
+def deepest(d: jax.Array) -> jax.Array:
+    """Pixels of a `depth` map at its maximum (the evaluation protocol's click goes to one
+    of them): empty only when no pixel is inside."""
+    return (d > 0) & (d >= d.max())
+
+
 def _deeper_half_with_prob(key, prob: float, region, deeper):
     """-> (key left for the sampler, `deeper` with probability prob, else `region`)."""
     k_in, key = jax.random.split(key)
     return key, jnp.where(jax.random.bernoulli(k_in, prob), deeper, region)
+
+
+def _click_region(key, region, d_fn, interior_prob: float, center_prob: float):
+    """The region a click is drawn from -> (key left for the sampler, region): with
+    probability center_prob the deepest pixels of `d_fn()` (uncapped depth), else with
+    interior_prob its deeper half (depth capped at 16), else all of `region`."""
+    if interior_prob > 0:
+        key, region = _deeper_half_with_prob(key, interior_prob, region, deeper_half(d_fn(16)))
+    if center_prob > 0:
+        full = d_fn(max(region.shape) // 2 + 1)
+        key, region = _deeper_half_with_prob(key, center_prob, region, deepest(full))
+    return key, region
 
 
 def sample_point_in_mask(
@@ -219,10 +237,12 @@ def first_prompt(
     text_ok: jax.Array | None = None,
     text_prob: float = 0.0,
     interior_prob: float = 0.0,
+    center_prob: float = 0.0,
 ) -> tuple[PromptState, jax.Array]:
-    """Iteration 0: a foreground point uniform in the mask (with `interior_prob` uniform in
-    its deeper half, `interior`), or (with `box_prob`) its noisy box -> (state, found). With
-    an empty mask the state holds no prompt and found=False.
+    """Iteration 0: a foreground point uniform in the mask (with `center_prob` uniform over
+    its deepest pixels, else with `interior_prob` uniform in its deeper half, `interior`), or
+    (with `box_prob`) its noisy box -> (state, found). With an empty mask the state holds no
+    prompt and found=False.
 
     With a text-prompt embedding `text` (D,) for the mask (`text_ok` True), the first prompt
     is that embedding alone with probability `text_prob` (the paper's text-to-mask
@@ -230,9 +250,9 @@ def first_prompt(
     """
     k_choice, k_point, k_box = jax.random.split(key, 3)
     use_box = jax.random.bernoulli(k_choice, box_prob)
-    region = mask
-    if interior_prob > 0:
-        k_point, region = _deeper_half_with_prob(k_point, interior_prob, mask, interior(mask))
+    k_point, region = _click_region(
+        k_point, mask, lambda cap: depth(mask, cap), interior_prob, center_prob
+    )
     xy, found = sample_point_in_mask(k_point, region, scale)
     box, _ = noisy_box(k_box, mask, noise_frac, max_noise, scale, frame_hw)
     state = empty_state(max_points, 0 if text is None else text.shape[-1])
@@ -254,10 +274,12 @@ def error_region_point(
     gt_mask: jax.Array,
     scale: float = 1.0,
     interior_prob: float = 0.0,
+    center_prob: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A point uniform over the error region `pred_mask ^ gt_mask` (both (H, W) bool, e.g.
     `low_res_logits > 0` against the target on the same grid) -> (xy (2,), label (), found ()).
-    With probability `interior_prob` it is uniform over the error's deeper half instead.
+    With probability `center_prob` it is uniform over the error's deepest pixels instead
+    (where the evaluation protocol clicks), else with `interior_prob` over its deeper half.
 
     label is 1 on a false negative (in the target, not predicted), 0 on a false positive.
     Without errors found=False (xy zeros, label -1), and `add_point` then adds nothing.
@@ -265,11 +287,13 @@ def error_region_point(
     pred_mask = pred_mask.astype(bool)
     gt_mask = gt_mask.astype(bool)
     errors = pred_mask ^ gt_mask
-    if interior_prob > 0:
+
+    def d_fn(cap):
         # Missed and spurious pixels are separate regions (as the evaluation protocol
         # measures them), even where they touch.
-        d = depth(gt_mask & ~pred_mask) + depth(pred_mask & ~gt_mask)
-        key, errors = _deeper_half_with_prob(key, interior_prob, errors, deeper_half(d))
+        return depth(gt_mask & ~pred_mask, cap) + depth(pred_mask & ~gt_mask, cap)
+
+    key, errors = _click_region(key, errors, d_fn, interior_prob, center_prob)
     row, col, found = _sample_pixel(key, errors)
     xy = jnp.stack([_grid_to_frame(col, scale), _grid_to_frame(row, scale)])
     label = jnp.where(found, gt_mask[row, col].astype(jnp.int32), -1)

@@ -188,6 +188,7 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
             max_noise=t.box_max_noise,
             text_prob=config.text.prob if "text" in config else 0.0,
             interior_prob=t.interior_prob,
+            center_prob=t.center_prob,
         )
     )(jax.random.split(k_first, n), gt, frame_hw=frame, **text_kwargs)
     valid = batch["mask_valid"].reshape(n) & found
@@ -282,8 +283,8 @@ def _run_rounds(params, module: Sam, batch, key, config, with_grads: bool):
         state, feedback, grads = carry
         adds, k_point, k_dec = xs
         pred = feedback > 0 if inside is None else (feedback > 0) & inside
-        xy, label, ok = jax.vmap(prompts.error_region_point, in_axes=(0, 0, 0, None, None))(
-            jax.random.split(k_point, n), pred, gt, scale, t.interior_prob
+        xy, label, ok = jax.vmap(prompts.error_region_point, in_axes=(0, 0, 0, None, None, None))(
+            jax.random.split(k_point, n), pred, gt, scale, t.interior_prob, t.center_prob
         )
         state = jax.vmap(prompts.add_point)(state, xy, label, ok & valid & adds)
         loss, (terms, iou, _, feedback), round_grads = run_round(
