@@ -26,7 +26,7 @@ import numpy as np
 
 from sam_jax.inference import mask_utils
 from sam_jax.inference.build import SamModel
-from sam_jax.inference.point_decoder import decode_prompts, image_terms
+from sam_jax.inference.point_decoder import decode_prompts
 from sam_jax.inference.predictor import SamPredictor, as_uint8_rgb
 from sam_jax.modeling.sam import Sam, postprocess_matrices
 
@@ -63,7 +63,7 @@ def _process_batch(
     module: Sam,
     chunk: int,
     params,
-    features,
+    image,
     point_coords,
     n_valid,
     rows,
@@ -74,13 +74,14 @@ def _process_batch(
 ):
     """Decode a batch of points, upsample to the crop, score and filter.
 
-    point_coords (P, 2) in the model frame, P a multiple of `chunk`; only the first n_valid
-    are real. rows (H, m) and cols (W, m): the post-processing matrices of the crop.
-    crop_box and image_box: XYXY int32 in the image frame. settings: (iou threshold,
-    use it, stability threshold, use it, stability offset) as float32.
+    image: the crop's decoder image terms (`point_decoder.image_terms`, made once per crop
+    by the predictor, not once per batch). point_coords (P, 2) in the model frame, P a
+    multiple of `chunk`; only the first n_valid are real. rows (H, m) and cols (W, m): the
+    post-processing matrices of the crop. crop_box and image_box: XYXY int32 in the image
+    frame. settings: (iou threshold, use it, stability threshold, use it, stability offset)
+    as float32.
     Returns per mask (P, 3, ...): iou, stability, boxes (crop frame), keep, packed masks.
     """
-    image = image_terms(module, params, features)
     iou_thresh, use_iou, stab_thresh, use_stab, offset = (settings[i] for i in range(5))
     threshold = Sam.mask_threshold
 
@@ -285,7 +286,7 @@ class SamAutomaticMaskGenerator:
             self.predictor._use(*embedded)
         else:
             self.predictor.set_image(crop)
-        features = self.predictor.features
+        terms = self.predictor.decoder_image_terms()
         low_res = self.predictor.low_res_size
         rows, cols = postprocess_matrices(
             (low_res, low_res), self.model.image_size, self.predictor.input_size, (crop_h, crop_w)
@@ -334,7 +335,7 @@ class SamAutomaticMaskGenerator:
             # dispatched before the previous batch's results are read, so the device
             # keeps working while the host filters
             out = self._process_batch(
-                self.model.params, features, batch, np.int32(len(chunk)), *consts
+                self.model.params, terms, batch, np.int32(len(chunk)), *consts
             )
             if pending is not None:
                 collect(*pending)
