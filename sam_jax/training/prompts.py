@@ -129,10 +129,12 @@ def _click_region(key, region, d_fn, interior_prob: float, center_prob: float):
     """The region a click is drawn from -> (key left for the sampler, region): with
     probability center_prob the deepest pixels of `d_fn()` (uncapped depth), else with
     interior_prob its deeper half (depth capped at 16), else all of `region`."""
+    full = d_fn(max(region.shape) // 2 + 1) if center_prob > 0 else None
     if interior_prob > 0:
-        key, region = _deeper_half_with_prob(key, interior_prob, region, deeper_half(d_fn(16)))
+        # depth capped at 16 is the full depth clipped at 17: one erosion pass serves both
+        capped = d_fn(16) if full is None else jnp.minimum(full, 17.0)
+        key, region = _deeper_half_with_prob(key, interior_prob, region, deeper_half(capped))
     if center_prob > 0:
-        full = d_fn(max(region.shape) // 2 + 1)
         key, region = _deeper_half_with_prob(key, center_prob, region, deepest(full))
     return key, region
 
