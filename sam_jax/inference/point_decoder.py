@@ -138,14 +138,8 @@ def image_terms(module: Sam, params, features) -> dict:
 def decode_prompts(module: Sam, params, image: dict, point_coords):
     """One foreground point per prompt -> (low-res logits (B, 3, 4h, 4w), iou (B, 3)).
     `image` is `image_terms` of the image."""
-    b = point_coords.shape[0]
-    sparse, _, _ = module.apply(
-        {"params": params},
-        point_coords[:, None, :],
-        jnp.ones((b, 1), jnp.int32),
-        method=lambda m, coords, labels: m.prompt_encoder((coords, labels), None, None),
-    )
-    return decode_sparse(module, params, image, sparse, multimask_output=True)
+    labels = jnp.ones(point_coords.shape[:1] + (1,), jnp.int32)
+    return decode_prompt_arrays(module, params, image, point_coords[:, None, :], labels, None, None)
 
 
 def decode_prompt_arrays(
@@ -163,7 +157,8 @@ def decode_prompt_arrays(
     """Prompt arrays in the model's input frame (points (B, N, 2) with labels and validity,
     or None; boxes (B, 4) or None, box_valid (B,); text embeddings (B, D) or None), no mask
     input -> `decode_sparse`'s (low-res logits, iou): the prompt encoder, then the decoder
-    with `image`'s shared terms."""
+    with `image`'s shared terms. Without point_valid and box_valid every token is a real
+    one, and the decoder runs without a token mask."""
     points = None if coords is None else (coords, labels)
     sparse, sparse_valid, _ = module.apply(
         {"params": params},
@@ -171,6 +166,8 @@ def decode_prompt_arrays(
             points, boxes, None, point_valid=point_valid, box_valid=box_valid, text=text
         ),
     )
+    if point_valid is None and box_valid is None:
+        sparse_valid = None
     return decode_sparse(module, params, image, sparse, sparse_valid, multimask_output)
 
 

@@ -119,10 +119,10 @@ def deepest(d: jax.Array) -> jax.Array:
     return (d > 0) & (d >= d.max())
 
 
-def _deeper_half_with_prob(key, prob: float, region, deeper):
-    """-> (key left for the sampler, `deeper` with probability prob, else `region`)."""
+def _region_with_prob(key, prob: float, region, other):
+    """-> (key left for the sampler, `other` with probability prob, else `region`)."""
     k_in, key = jax.random.split(key)
-    return key, jnp.where(jax.random.bernoulli(k_in, prob), deeper, region)
+    return key, jnp.where(jax.random.bernoulli(k_in, prob), other, region)
 
 
 def _click_region(key, region, d_fn, interior_prob: float, center_prob: float):
@@ -133,9 +133,9 @@ def _click_region(key, region, d_fn, interior_prob: float, center_prob: float):
     if interior_prob > 0:
         # depth capped at 16 is the full depth clipped at 17: one erosion pass serves both
         capped = d_fn(16) if full is None else jnp.minimum(full, 17.0)
-        key, region = _deeper_half_with_prob(key, interior_prob, region, deeper_half(capped))
+        key, region = _region_with_prob(key, interior_prob, region, deeper_half(capped))
     if center_prob > 0:
-        key, region = _deeper_half_with_prob(key, center_prob, region, deepest(full))
+        key, region = _region_with_prob(key, center_prob, region, deepest(full))
     return key, region
 
 
